@@ -1,0 +1,1 @@
+"""Baseline models that RecBole does not ship, one file per model."""

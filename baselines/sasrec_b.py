@@ -1,0 +1,67 @@
+"""SASRec_B: SASRec over (item, behavior) pair tokens.
+
+The "_B" setting of the FatsMB/MBGen baselines: every (item, behavior) pair is its own token,
+so "view item 7" and "buy item 7" have separate embeddings, and the model predicts the next
+pair. Scores for one asked behavior are the logits of that behavior's pairs; with no behavior
+given, an item's score is the log of its marginal probability, logsumexp over behaviors.
+
+Reference: Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018 (the encoder,
+RecBole's ``SASRec``); the pair-token setting follows the baselines of Liu et al.,
+"Multi-Behavior Generative Recommendation" (MBGen).
+"""
+
+import torch
+from torch import nn
+from recbole.model.sequential_recommender.sasrec import SASRec
+
+
+class SASRec_B(SASRec):
+    """SASRec whose vocabulary is (item, behavior) pairs; ``pair = (item-1) * B + (behavior-1) + 1``."""
+
+    behavior_conditioned = True
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        if self.loss_type != "CE":
+            raise ValueError("SASRec_B supports loss_type: CE only (it ranks all pairs)")
+        self.BEHAVIOR = config["BEHAVIOR_FIELD"]
+        self.BEHAVIOR_SEQ = self.BEHAVIOR + config["LIST_SUFFIX"]
+        self.n_behaviors = dataset.n_behaviors  # including the padding id 0
+        n_pairs = (self.n_items - 1) * (self.n_behaviors - 1) + 1
+        # Replaces SASRec's item table: one row per pair, row 0 = padding.
+        self.item_embedding = nn.Embedding(n_pairs, self.hidden_size, padding_idx=0)
+        self._init_weights(self.item_embedding)
+
+    def pair_ids(self, items, behaviors):
+        """Pair token of each (item, behavior); padding (item 0) stays 0."""
+        pairs = (items - 1) * (self.n_behaviors - 1) + behaviors
+        return torch.where(items > 0, pairs, torch.zeros_like(pairs))
+
+    def _pair_logits(self, interaction):
+        pair_seq = self.pair_ids(interaction[self.ITEM_SEQ], interaction[self.BEHAVIOR_SEQ])  # [B, L]
+        seq_output = self.forward(pair_seq, interaction[self.ITEM_SEQ_LEN])  # [B, H]
+        return seq_output @ self.item_embedding.weight.T  # [B, n_pairs]
+
+    def calculate_loss(self, interaction):
+        logits = self._pair_logits(interaction)
+        target = self.pair_ids(interaction[self.POS_ITEM_ID], interaction[self.BEHAVIOR])  # [B]
+        return self.loss_fct(logits, target)
+
+    def predict(self, interaction):
+        scores = self.full_sort_predict(interaction)
+        return scores.gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
+
+    def full_sort_predict(self, interaction):
+        pair_scores = self.full_sort_predict_behavior_item(interaction)  # [B, n_behaviors, n_items]
+        if self.BEHAVIOR in interaction:
+            asked = interaction[self.BEHAVIOR].view(-1, 1, 1).expand(-1, 1, pair_scores.size(2))
+            return pair_scores.gather(1, asked).squeeze(1)  # [B, n_items]
+        return torch.logsumexp(pair_scores, dim=1)  # [B, n_items]: log of the item's marginal
+
+    def full_sort_predict_behavior_item(self, interaction):
+        logits = self._pair_logits(interaction)  # [B, n_pairs]
+        batch_size = logits.size(0)
+        by_item = logits[:, 1:].view(batch_size, self.n_items - 1, self.n_behaviors - 1)  # [B, I-1, Bh-1]
+        scores = logits.new_full((batch_size, self.n_behaviors, self.n_items), -torch.inf)
+        scores[:, 1:, 1:] = by_item.transpose(1, 2)
+        return scores  # [B, n_behaviors, n_items]

@@ -1,0 +1,1 @@
+"""Runner, trainer and results store (tables, statistics and tuning build on these)."""

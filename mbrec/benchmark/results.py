@@ -1,0 +1,73 @@
+"""The results store: the only code that writes under ``results/``, always atomically.
+
+One run = one JSON record at ``results/runs/<dataset>/<model>/<model>-seed<seed>-<key>.json``
+holding the config, metrics per task, per-user ranks keyed by user token, timings, memory,
+parameter count, versions and git commit. ``key`` hashes everything that changes the result,
+so re-running the same (model, dataset, config, seed) finds the stored record.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+from mbrec.utils import REPO_DIR, write_json_atomic
+
+RECORD_VERSION = 1
+# Settings that do not change a run's numbers, so they do not enter its key.
+VOLATILE_KEYS = {"show_progress", "device", "data_path", "eval_batch_size", "checkpoint_dir", "state",
+                 "gpu_id", "use_gpu", "worker"}
+REQUIRED_FIELDS = ("record_version", "run_key", "model", "dataset", "seed", "config", "results")
+
+
+class ResultsError(ValueError):
+    """A stored record is corrupted or incomplete; it is reported, never used."""
+
+
+def default_results_dir():
+    return REPO_DIR / "results"
+
+
+def run_key(model, dataset, settings, seed, data_fingerprint):
+    """Hash of what determines a run's numbers: model, data (by content fingerprint), settings, seed."""
+    stable = {key: value for key, value in settings.items() if key not in VOLATILE_KEYS}
+    payload = json.dumps({"model": model, "dataset": dataset, "seed": seed, "settings": stable,
+                          "data": data_fingerprint},
+                         sort_keys=True, default=str)
+    return hashlib.sha1(payload.encode("utf-8")).hexdigest()[:12]
+
+
+def record_path(results_dir, model, dataset, seed, key):
+    return Path(results_dir) / "runs" / dataset / model / f"{model}-seed{seed}-{key}.json"
+
+
+def log_path(results_dir, model, dataset, seed, key):
+    return Path(results_dir) / "logs" / dataset / model / f"{model}-seed{seed}-{key}.log"
+
+
+def save_record(path, record):
+    record = {"record_version": RECORD_VERSION, **record}
+    missing = [field for field in REQUIRED_FIELDS if field not in record]
+    if missing:
+        raise ResultsError(f"Refusing to write an incomplete record {path}: missing {missing}")
+    write_json_atomic(path, record)
+    return path
+
+
+def load_record(path):
+    """Load and validate a record; raise ResultsError naming the file and the problem."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise ResultsError(f"{path} is not valid JSON ({error}); delete it or rerun with --rerun") from None
+    missing = [field for field in REQUIRED_FIELDS if field not in record]
+    if missing:
+        raise ResultsError(f"{path} is incomplete: missing {missing}; rerun with --rerun")
+    for task, result in (record["results"] or {}).items():
+        if result is None:
+            continue
+        per_user = result.get("per_user", {})
+        if len(per_user.get("user", [])) != len(per_user.get("rank", [])) or "metrics" not in result:
+            raise ResultsError(f"{path}: task '{task}' has inconsistent per-user vectors; rerun with --rerun")
+    return record

@@ -1,0 +1,272 @@
+"""One run, end to end: prepare data -> config -> dataset -> model -> train -> test -> record.
+
+Each arrow is one call; no step reaches back into an earlier one. Used by ``run_benchmark.py``.
+"""
+
+import argparse
+import logging
+import platform
+import resource
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from mbrec import registry
+from mbrec.registry import UnknownModelError
+from mbrec.benchmark import results as store
+from mbrec.benchmark.results import ResultsError
+from mbrec.benchmark.trainer import Trainer
+from mbrec.config import ConfigError, build_config, merge_layers, parse_overrides
+from mbrec.data.dataset import DatasetError, MultiBehaviorSequentialDataset
+from mbrec.data.prepare import LOCATION_KEYS, DataPreparationError, dataset_spec, prepare, read_meta
+from mbrec.evaluation import Evaluator
+from mbrec.utils import REPO_DIR
+
+logger = logging.getLogger("mbrec")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+# Errors caused by the user's input (names, configs, data files): reported without a traceback.
+USER_ERRORS = (DataPreparationError, ConfigError, DatasetError, ResultsError, UnknownModelError)
+# Keys of the run settings that the data preparation step consumes.
+PREPARE_SETTING_KEYS = ("heldout", "behaviors", "target_behavior")
+
+
+def resolve_device(requested="auto"):
+    if requested in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def git_commit():
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_DIR,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def versions():
+    import recbole
+
+    import mbrec
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "recbole": recbole.__version__, "mbrec": mbrec.__version__}
+
+
+def prepare_data(dataset, settings, data_path=None, cache_dir=None):
+    """Prepare (or reuse) the dataset's atomic files with the run's preparation options."""
+    spec = dataset_spec(dataset)
+    overrides = {key: value for key, value in (settings.get("prepare") or {}).items() if key not in LOCATION_KEYS}
+    overrides.update({key: settings[key] for key in PREPARE_SETTING_KEYS if key in settings})
+    if "heldout" in overrides and "heldout" not in spec and spec["prepare"].get("format") != "matrices":
+        overrides.pop("heldout")  # only format A has held-out items
+    return spec["name"], prepare(spec["name"], data_path=data_path, cache_dir=cache_dir, **overrides)
+
+
+class _RunLog:
+    """Route the root logger (RecBole logs there too) to the run's log file for its duration."""
+
+    def __init__(self, path):
+        self.path = path
+        self.handler = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handler = logging.FileHandler(self.path, mode="w", encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logging.getLogger().addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger().removeHandler(self.handler)
+        self.handler.close()
+
+
+def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto", data_path=None,
+        cache_dir=None, results_dir=None, rerun=False):
+    """Train and evaluate one (model, dataset, config, seed); return its results record.
+
+    A stored record with the same key is returned as is unless ``rerun``.
+    """
+    model_class = registry.get_model_class(model)  # fail fast on unknown names
+    settings = merge_layers(model, dataset, config_files, overrides)
+    if seed is not None:
+        settings["seed"] = int(seed)
+    seed = int(settings["seed"])
+    canonical, dataset_dir = prepare_data(dataset, settings, data_path, cache_dir)
+    results_dir = results_dir or store.default_results_dir()
+    key = store.run_key(model, dataset_dir.name, settings, seed, read_meta(dataset_dir).get("fingerprint"))
+    path = store.record_path(results_dir, model, dataset_dir.name, seed, key)
+    if path.exists() and not rerun:
+        logger.info(f"found stored run {path}; skipping (use --rerun to train again)")
+        return store.load_record(path)
+
+    log_file = store.log_path(results_dir, model, dataset_dir.name, seed, key)
+    with _RunLog(log_file):
+        return _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key, path,
+                                 log_file)
+
+
+def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key, path, log_file):
+    from recbole.utils import init_seed
+
+    device = resolve_device(device)
+    config = build_config(model_class, dataset_dir, settings)
+    config["device"] = device
+    init_seed(seed, config["reproducibility"])
+    logger.info(f"run {key}: model={model} dataset={dataset_dir.name} seed={seed} device={device}")
+    logger.info("settings:\n" + "\n".join(f"  {k}: {settings[k]}" for k in sorted(settings)))
+
+    start = time.perf_counter()
+    dataset = MultiBehaviorSequentialDataset(config)
+    train_data, valid_data, test_data = dataset.build()
+    data_seconds = time.perf_counter() - start
+    logger.info(f"data: {dataset.user_num - 1} users, {dataset.item_num - 1} items, {len(dataset.inter_feat)} "
+                f"interactions; examples train {len(train_data.target_rows)} valid {len(valid_data.target_rows)} "
+                f"test {len(test_data.target_rows)} ({data_seconds:.1f}s)")
+
+    init_seed(seed, config["reproducibility"])
+    network = model_class(config, train_data).to(device)
+    n_parameters = sum(p.numel() for p in network.parameters())
+    logger.info(f"{model}: {n_parameters} parameters")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    trainer_class = getattr(model_class, "trainer_class", Trainer)
+    trainer = trainer_class(config, network, device)
+    start = time.perf_counter()
+    fit_summary = trainer.fit(train_data, valid_data, path.with_suffix(".pth"))
+    train_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    tasks = list(config["eval_tasks"])
+    valid_results = Evaluator(config).evaluate(network, valid_data, tasks=tasks, device=device)
+    test_results = Evaluator(config).evaluate(network, test_data, tasks=tasks, device=device)
+    eval_seconds = time.perf_counter() - start
+    path.with_suffix(".pth").unlink(missing_ok=True)  # the record is the product; weights are not kept
+
+    train_epochs = [entry["train_seconds"] for entry in trainer.history]
+    record = {
+        "run_key": key,
+        "model": model,
+        "dataset": dataset_dir.name,
+        "dataset_canonical": canonical,
+        "heldout": settings.get("heldout"),
+        "seed": seed,
+        "config": settings,
+        "data": {key_: read_meta(dataset_dir).get(key_) for key_ in ("fingerprint", "n_rows", "n_users", "n_items")}
+        | {"users_after_filter": dataset.user_num - 1, "items": dataset.item_num - 1,
+           "interactions": len(dataset.inter_feat), "behaviors": dataset.behavior_vocab,
+           "target_behavior": config["target_behavior"]},
+        "results": {task: (result.to_record() if result else None) for task, result in test_results.items()},
+        "valid_results": {task: (result.metrics if result else None) for task, result in valid_results.items()},
+        "training": fit_summary | {"history": trainer.history},
+        "efficiency": {
+            "parameters": n_parameters,
+            "train_seconds": train_seconds,
+            "train_seconds_per_epoch": float(np.mean(train_epochs)) if train_epochs else None,
+            "eval_seconds": eval_seconds,
+            "data_seconds": data_seconds,
+            "peak_cpu_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            "device": str(device),
+        },
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "command": " ".join(sys.argv),
+        "log_file": str(log_file),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    store.save_record(path, record)
+    logger.info(f"wrote {path}")
+    return record
+
+
+def format_summary(records, tasks=("behavior_specific", "target_behavior", "behavior_item", "next_item"),
+                   metrics=("recall@10", "ndcg@10", "recall@20", "ndcg@20")):
+    """A plain-text table of test metrics, one line per (run, task)."""
+    header = f"{'model':<12} {'dataset':<16} {'seed':>5} {'task':<18} {'users':>6} " + " ".join(
+        f"{m:>9}" for m in metrics)
+    lines = [header, "-" * len(header)]
+    for record in records:
+        for task in tasks:
+            result = record["results"].get(task, "absent")
+            if result == "absent":
+                continue
+            if result is None:
+                lines.append(f"{record['model']:<12} {record['dataset']:<16} {record['seed']:>5} {task:<18} "
+                             f"{'':>6} " + " ".join(f"{'N/A':>9}" for _ in metrics))
+                continue
+            values = " ".join(f"{result['metrics'].get(m, float('nan')):>9.4f}" for m in metrics)
+            lines.append(f"{record['model']:<12} {record['dataset']:<16} {record['seed']:>5} {task:<18} "
+                         f"{result['n_users']:>6} {values}")
+    return "\n".join(lines)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="run_benchmark.py",
+        description="Train and evaluate multi-behavior sequential recommenders under one protocol.",
+        epilog="Extra arguments key=value (or --key=value) override any config entry, e.g. "
+               "epochs=20 learning_rate=1e-3 prepare.size=medium.")
+    parser.add_argument("--model", "--models", dest="models", nargs="+", default=["SASRec"],
+                        help="model name(s): mbrec's and RecBole's sequential models")
+    parser.add_argument("--dataset", "--datasets", dest="datasets", nargs="+", default=["synthetic"],
+                        help="registered dataset name(s) (properties/dataset/*.yaml)")
+    parser.add_argument("--seed", "--seeds", dest="seeds", nargs="+", type=int, default=[None],
+                        help="random seed(s); default: the config's seed")
+    parser.add_argument("--config", dest="config_files", nargs="+", default=[], help="extra YAML config file(s)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--data-path", help="root of the raw data (default: $MBREC_DATA_DIR)")
+    parser.add_argument("--cache-dir", help="where prepared atomic files go (default: $MBREC_CACHE_DIR or "
+                                            "~/.cache/mbrec)")
+    parser.add_argument("--results-dir", help="default: results/ in the repository")
+    parser.add_argument("--rerun", action="store_true", help="train again even if a stored record exists")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--list", action="store_true", help="list models and datasets and exit")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # key=value overrides may sit anywhere, also right after a list option (--models A B lr=1e-3).
+    extra = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
+    args, unknown = parser.parse_known_args([arg for arg in argv if arg not in extra])
+    extra += unknown
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    if args.list:
+        print("models:  ", ", ".join(registry.model_names()))
+        print("datasets:", ", ".join(registry.dataset_names()))
+        return 0
+    unknown_flags = [arg for arg in extra if arg.startswith("--") and "=" not in arg]
+    if unknown_flags:
+        parser.error(f"unrecognized arguments: {' '.join(unknown_flags)}")
+    overrides = parse_overrides(extra)
+    if args.no_progress:
+        overrides["show_progress"] = False
+    records, failures = [], []
+    for dataset in args.datasets:
+        for model in args.models:
+            for seed in args.seeds:
+                try:
+                    records.append(run(model, dataset, args.config_files, overrides, seed, args.device,
+                                       args.data_path, args.cache_dir, args.results_dir, args.rerun))
+                except USER_ERRORS as error:  # bad input: a clear message, no traceback
+                    logger.error(f"{model} on {dataset} (seed {seed}): {error}")
+                    failures.append((model, dataset, seed, error))
+                except Exception as error:  # one failed run must not stop the others
+                    logger.exception(f"{model} on {dataset} (seed {seed}) failed")
+                    failures.append((model, dataset, seed, error))
+    if records:
+        print(format_summary(records))
+    for model, dataset, seed, error in failures:
+        print(f"FAILED {model} {dataset} seed={seed}: {type(error).__name__}: {error}", file=sys.stderr)
+    return 1 if failures else 0

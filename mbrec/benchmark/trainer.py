@@ -1,0 +1,130 @@
+"""Training with early stopping on the valid split, through the shared evaluator.
+
+Why not RecBole's ``Trainer``: it evaluates with RecBole's evaluator (no tasks, no per-user
+ranks), loads checkpoints with ``torch.load`` in a way torch >= 2.6 rejects, and names
+checkpoints by second-resolution timestamps that collide across parallel trials. This one
+keeps RecBole's model contract (``calculate_loss`` / ``full_sort_predict``) and config keys
+(``learner``, ``learning_rate``, ``weight_decay``, ``epochs``, ``eval_step``,
+``stopping_step``, ``clip_grad_norm``, ``valid_metric``), and stores the best weights as a
+plain ``state_dict`` in the run's own directory.
+
+A model that needs a different schedule (e.g. multi-stage training) sets a ``trainer_class``
+attribute naming a subclass of :class:`Trainer`.
+"""
+
+import logging
+import math
+import time
+
+import torch
+from tqdm import tqdm
+
+from mbrec.data.dataset import SequenceLoader
+from mbrec.evaluation import Evaluator
+from mbrec.utils import atomic_path
+
+logger = logging.getLogger("mbrec")
+
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
+    "rmsprop": torch.optim.RMSprop,
+}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (e.g. the loss became NaN)."""
+
+
+def build_optimizer(config, parameters):
+    name = str(config["learner"]).lower()
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown learner '{config['learner']}'; use one of {sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[name](parameters, lr=config["learning_rate"], weight_decay=config["weight_decay"] or 0.0)
+
+
+class Trainer:
+    """Fits a RecBole-style sequential model and selects the epoch by a valid metric."""
+
+    def __init__(self, config, model, device):
+        self.config = config
+        self.model = model
+        self.device = device
+        self.evaluator = Evaluator(config)
+        self.optimizer = build_optimizer(config, [p for p in model.parameters() if p.requires_grad])
+        self.epochs = int(config["epochs"])
+        self.eval_step = max(1, int(config["eval_step"]))
+        self.stopping_step = int(config["stopping_step"])
+        self.valid_metric = str(config["valid_metric"]).lower()
+        self.valid_task = config["valid_task"]
+        self.clip_grad_norm = config["clip_grad_norm"]
+        self.show_progress = bool(config["show_progress"])
+        self.history = []  # one dict per epoch: loss, seconds, valid score
+
+    def train_loader(self, train_dataset):
+        return SequenceLoader(self.config, train_dataset, self.config["train_batch_size"], shuffle=True,
+                              training=True)
+
+    def fit(self, train_dataset, valid_dataset, checkpoint_path):
+        """Train until ``epochs`` or early stopping; leave the best weights loaded."""
+        loader = self.train_loader(train_dataset)
+        best_score, best_epoch, bad_validations = -math.inf, -1, 0
+        for epoch in range(self.epochs):
+            start = time.perf_counter()
+            loss = self._train_epoch(loader, epoch)
+            entry = {"epoch": epoch, "loss": loss, "train_seconds": time.perf_counter() - start}
+            if (epoch + 1) % self.eval_step == 0 or epoch == self.epochs - 1:
+                start = time.perf_counter()
+                score = self.validate(valid_dataset)
+                entry.update(valid_score=score, valid_seconds=time.perf_counter() - start)
+                if score > best_score:
+                    best_score, best_epoch, bad_validations = score, epoch, 0
+                    self._save(checkpoint_path)
+                else:
+                    bad_validations += 1
+                logger.info(f"epoch {epoch}: loss {loss:.4f}  valid {self.valid_task} {self.valid_metric} "
+                            f"{score:.4f}  (best {best_score:.4f} @ {best_epoch})  {entry['train_seconds']:.1f}s")
+            self.history.append(entry)
+            if bad_validations > self.stopping_step:
+                logger.info(f"early stopping after epoch {epoch}: no valid improvement for "
+                            f"{bad_validations} validations")
+                break
+        self.model.load_state_dict(torch.load(checkpoint_path, map_location=self.device, weights_only=True))
+        return {"best_epoch": best_epoch, "best_valid_score": best_score, "epochs_run": len(self.history)}
+
+    def validate(self, valid_dataset):
+        results = self.evaluator.evaluate(self.model, valid_dataset, tasks=[self.valid_task], device=self.device)
+        result = results[self.valid_task]
+        if result is None:
+            raise TrainingError(f"valid_task '{self.valid_task}' is not available for this model")
+        if self.valid_metric not in result.metrics:
+            raise TrainingError(f"valid_metric '{self.valid_metric}' not among {sorted(result.metrics)}")
+        return result.metrics[self.valid_metric]
+
+    def _train_epoch(self, loader, epoch):
+        self.model.train()
+        total, batches = 0.0, 0
+        progress = tqdm(loader, desc=f"train {epoch:>3}", leave=False, disable=not self.show_progress)
+        for batch in progress:
+            batch = batch.to(self.device)
+            self.optimizer.zero_grad()
+            loss = self.model.calculate_loss(batch)
+            if isinstance(loss, tuple):  # some RecBole models return several loss terms
+                loss = sum(loss)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss is {loss.item()} at epoch {epoch}, batch {batches}; "
+                                    f"lower learning_rate or check the data")
+            loss.backward()
+            if self.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
+            self.optimizer.step()
+            total += loss.item()
+            batches += 1
+            progress.set_postfix(loss=f"{total / batches:.4f}")
+        return total / max(batches, 1)
+
+    def _save(self, checkpoint_path):
+        with atomic_path(checkpoint_path) as tmp:
+            torch.save(self.model.state_dict(), tmp)

@@ -1,0 +1,129 @@
+"""Layered run configuration on top of RecBole's ``Config``.
+
+Precedence, lowest first: ``properties/overall.yaml`` < ``properties/model/<Model>.yaml``
+< ``properties/dataset/<dataset>.yaml`` < ``--config`` files (in order) < command-line
+overrides. RecBole's own defaults (its overall.yaml and its model YAML) sit underneath all
+of them, so RecBole's models keep their published defaults unless we override them.
+"""
+
+import re
+
+import yaml
+from recbole.config import Config
+
+from mbrec import registry
+from mbrec.utils import PROPERTIES_DIR
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed."""
+
+
+class _FloatLoader(yaml.SafeLoader):
+    """PyYAML reads ``1e-3`` as a string; accept it as a float, as RecBole's loader does."""
+
+
+_FloatLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            content = yaml.load(handle, Loader=_FloatLoader) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"Config file not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"Config file {path} is not valid YAML: {error}") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of key: value, got {type(content).__name__}")
+    return content
+
+
+def parse_overrides(pairs):
+    """``["learning_rate=1e-3", "topk=[10,20]", "prepare.size=medium"]`` -> nested dict.
+
+    Values are parsed as YAML; a dotted key sets one entry of a nested mapping.
+    """
+    overrides = {}
+    for pair in pairs or []:
+        key, sep, value = pair.lstrip("-").partition("=")
+        if not sep or not key:
+            raise ConfigError(f"Override '{pair}' must look like key=value")
+        *parents, leaf = key.split(".")
+        node = overrides
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = yaml.load(value, Loader=_FloatLoader) if value else None
+    return overrides
+
+
+def deep_update(base, update):
+    """Merge ``update`` into ``base``: nested mappings merge key by key, everything else replaces."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def dataset_config_file(dataset):
+    """The dataset's YAML, following ``alias_of`` (retail -> taobao)."""
+    path = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"Unknown dataset '{dataset}'. Valid datasets: {', '.join(registry.dataset_names())}")
+    alias = load_yaml(path).get("alias_of")
+    return dataset_config_file(alias) if alias else path
+
+
+def merge_layers(model, dataset, config_files=(), overrides=None):
+    """Merge the YAML layers and overrides into one plain dict (the run's own settings)."""
+    layers = [PROPERTIES_DIR / "overall.yaml", registry.model_config_file(model), dataset_config_file(dataset)]
+    merged = {}
+    for path in [p for p in layers if p is not None] + [*config_files]:
+        deep_update(merged, load_yaml(path))
+    deep_update(merged, overrides or {})
+    merged.pop("alias_of", None)
+    return merged
+
+
+class MBConfig(Config):
+    """RecBole ``Config`` that resolves model names through mbrec's registry first.
+
+    Like RecBole-GNN's Config: never edits RecBole, only overrides the two lookups.
+    """
+
+    def _get_model_and_dataset(self, model, dataset):
+        model_class = registry.get_model_class(model) if isinstance(model, str) else model
+        return model_class.__name__, model_class, dataset
+
+    def _load_cmd_line(self):
+        # The runner owns the command line; RecBole would otherwise also parse sys.argv.
+        return {}
+
+
+def build_config(model, dataset_dir, settings):
+    """A RecBole config for ``model`` on the prepared atomic files in ``dataset_dir``.
+
+    ``settings`` is the output of :func:`merge_layers`; it is passed as RecBole's
+    variable config, which beats RecBole's internal defaults.
+    """
+    settings = dict(settings)
+    settings["data_path"] = str(dataset_dir.parent)
+    config = MBConfig(model=model, dataset=dataset_dir.name, config_dict=settings)
+    # Protocol: drop users with fewer than min_user_inter interactions; optional item k-core.
+    config["user_inter_num_interval"] = f"[{int(config['min_user_inter'])},inf)"
+    min_item_inter = int(config["min_item_inter"] or 0)
+    config["item_inter_num_interval"] = f"[{min_item_inter},inf)" if min_item_inter > 0 else None
+    return config

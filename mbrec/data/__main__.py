@@ -1,0 +1,118 @@
+"""Command line for data preparation.
+
+    python -m mbrec.data list
+    python -m mbrec.data prepare NAME [--raw PATH] [--data-path DIR] [--cache-dir DIR] [--force]
+                                      [--format F] [--heldout append|ignore] [--size S] [--seed N]
+                                      [--sep SEP] [--option KEY=YAML_VALUE ...]
+"""
+
+import argparse
+import logging
+import sys
+import time
+
+import yaml
+
+from mbrec.data.prepare import (
+    HELDOUT_MODES, META_FILE, READERS, DataPreparationError, dataset_spec, effective_options,
+    fingerprint, locate_raw_files, prepare, read_meta, registered_names, variant_name,
+)
+from mbrec.utils import cache_dir as cache_root
+
+
+def _parse_option(text):
+    """``KEY=VALUE`` with VALUE parsed as YAML (so lists and maps work: behavior_map={1: view})."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), yaml.safe_load(value)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m mbrec.data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    listing = commands.add_parser("list", help="registered datasets: format, raw data found, prepared")
+    listing.add_argument("--data-path", help="root of raw data (default $MBREC_DATA_DIR)")
+    listing.add_argument("--cache-dir", help="root of prepared data (default $MBREC_CACHE_DIR)")
+
+    prep = commands.add_parser("prepare", help="write RecBole atomic files for a dataset")
+    prep.add_argument("name", help="registered dataset name (see `list`)")
+    prep.add_argument("--raw", help="raw file or folder (default <data-path>/<subdir>)")
+    prep.add_argument("--data-path", help="root of raw data (default $MBREC_DATA_DIR)")
+    prep.add_argument("--cache-dir", help="root of prepared data (default $MBREC_CACHE_DIR or ~/.cache/mbrec)")
+    prep.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
+    prep.add_argument("--format", choices=sorted(READERS), help="raw format (default from the YAML)")
+    prep.add_argument("--heldout", choices=HELDOUT_MODES, help="format A held-out items")
+    prep.add_argument("--size", help="synthetic dataset size")
+    prep.add_argument("--seed", type=int, help="synthetic dataset seed")
+    prep.add_argument("--sep", help="CSV delimiter (default: sniffed)")
+    prep.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+                      help="any other prepare option, VALUE in YAML syntax (repeatable)")
+    return parser
+
+
+def _status(name, data_path, cache_path):
+    """(format, raw status, prepared status) of one registered dataset, without reading raw data."""
+    spec = dataset_spec(name)
+    options = effective_options(spec, {})
+    target = cache_root(cache_path) / variant_name(spec, options)
+    try:
+        raw_files = locate_raw_files(spec, options, None, data_path)
+        raw = "found"
+    except DataPreparationError:
+        raw_files, raw = None, "missing"
+    meta = read_meta(target)
+    if meta is None:
+        prepared = "no"
+    elif raw_files is not None and meta.get("fingerprint") != fingerprint(options, raw_files):
+        prepared = f"stale ({target})"
+    else:
+        prepared = f"yes ({meta.get('n_rows', '?')} rows, {target})"
+    alias = f" -> {spec['name']}" if spec["name"] != name else ""
+    return f"{name}{alias}", options["format"], raw, prepared
+
+
+def cmd_list(args):
+    rows = [("name", "format", "raw", "prepared")]
+    rows += [_status(name, args.data_path, args.cache_dir) for name in registered_names()]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    return 0
+
+
+def cmd_prepare(args):
+    overrides = dict(args.option)
+    for key in ("format", "heldout", "size", "seed", "sep"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    started = time.time()
+    folder = prepare(args.name, raw_path=args.raw, data_path=args.data_path, cache_dir=args.cache_dir,
+                     force=args.force, **overrides)
+    meta = read_meta(folder) or {}
+    counts = ", ".join(f"{b} {c:,}" for b, c in meta.get("behavior_counts", {}).items())
+    print(f"Prepared {args.name} -> {folder}")
+    print(f"  RecBole: data_path={folder.parent} dataset={folder.name}")
+    print(f"  files: {', '.join(meta.get('files', [META_FILE]))}")
+    print(f"  {meta.get('n_rows', 0):,} interactions ({counts}); "
+          f"{meta.get('n_users', 0):,} users, {meta.get('n_items', 0):,} items")
+    for reason, count in (meta.get("dropped") or {}).items():
+        print(f"  dropped {count:,}: {reason}")
+    print(f"  {time.time() - started:.2f}s (built {meta.get('created', '?')})")
+    return 0
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return cmd_list(args) if args.command == "list" else cmd_prepare(args)
+    except DataPreparationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The multi-behavior sequential dataset: RecBole's ``SequentialDataset`` plus a behavior field.
+
+What it adds to RecBole:
+
+* a ``behavior`` token field whose ids follow the dataset's configured vocabulary order
+  (``behaviors: [view, cart, buy]`` -> view=1, cart=2, buy=3; 0 is padding), so every
+  model, table and config agrees on what behavior id k means;
+* lean augmentation: RecBole materializes every prefix of every user as dense
+  ``[n_examples, MAX_ITEM_LIST_LENGTH]`` copies of every field with a Python loop; we keep
+  the interactions once, sorted, and store only the row index of each example's target.
+  Batches are gathered from those arrays on the fly (:class:`SequenceLoader`);
+* the protocol's leave-one-out split: per user, last interaction = test target, second to
+  last = valid target, every earlier interaction (from the second on) = a training target.
+  The input of an example is the window of at most ``MAX_ITEM_LIST_LENGTH`` rows strictly
+  before its target row, so the target interaction is never in its own input.
+
+Batch fields (RecBole names): ``user_id`` [B], ``item_id_list`` [B, L], ``behavior_list``
+[B, L], ``item_length`` [B] (sequences are left-aligned and zero-padded, as RecBole's models
+expect). Training batches add the target ``item_id`` [B] and its ``behavior`` [B]. Evaluation
+batches never carry the target item; they carry ``behavior`` only when the task allows it
+(see ``mbrec.evaluation``).
+"""
+
+import numpy as np
+import torch
+from recbole.data.dataset import SequentialDataset
+from recbole.data.interaction import Interaction
+from recbole.data.transform import construct_transform
+from recbole.utils import FeatureSource, FeatureType
+
+SPLITS = ("train", "valid", "test")
+PAD_ID = 0
+
+
+class DatasetError(ValueError):
+    """The prepared data or the dataset config cannot be used; the message says what to fix."""
+
+
+class MultiBehaviorSequentialDataset(SequentialDataset):
+    """RecBole sequential dataset that carries each interaction's behavior.
+
+    Config keys: ``BEHAVIOR_FIELD`` (default ``behavior``), ``behaviors`` (vocabulary in
+    funnel order), ``target_behavior``, ``MAX_ITEM_LIST_LENGTH``, ``min_user_inter``.
+    """
+
+    def __init__(self, config):
+        self.behavior_field = config["BEHAVIOR_FIELD"] or "behavior"
+        self.behavior_vocab = list(config["behaviors"] or [])
+        if not self.behavior_vocab:
+            raise DatasetError("Dataset config must list its behaviors, e.g. `behaviors: [view, cart, buy]`")
+        if config["target_behavior"] not in self.behavior_vocab:
+            raise DatasetError(
+                f"target_behavior '{config['target_behavior']}' is not in behaviors {self.behavior_vocab}"
+            )
+        self.split_name = None
+        self.target_rows = None
+        super().__init__(config)
+
+    # ------------------------------------------------------------------ loading
+    def _load_data(self, token, dataset_path):
+        super()._load_data(token, dataset_path)
+        required = [self.config["USER_ID_FIELD"], self.config["ITEM_ID_FIELD"], self.behavior_field,
+                    self.config["TIME_FIELD"]]
+        if self.inter_feat is None:
+            raise DatasetError(f"No interaction file {dataset_path}/{token}.inter; run `python -m mbrec.data prepare`")
+        missing = [field for field in required if field not in self.inter_feat.columns]
+        if missing:
+            raise DatasetError(
+                f"{dataset_path}/{token}.inter lacks column(s) {missing} "
+                f"(found {list(self.inter_feat.columns)}; header must be e.g. 'behavior:token')"
+            )
+        if len(self.inter_feat) == 0:
+            raise DatasetError(f"{dataset_path}/{token}.inter holds no interactions")
+
+    def _data_filtering(self):
+        before = len(self.inter_feat)
+        try:
+            super()._data_filtering()
+        except ValueError as error:  # RecBole: "Some feat is empty" when a filter removes everything
+            if "empty" not in str(error):
+                raise
+        if len(self.inter_feat) == 0:
+            raise DatasetError(
+                f"All {before} interactions were filtered out (min_user_inter={self.config['min_user_inter']}, "
+                f"min_item_inter={self.config['min_item_inter']}): no user has enough interactions"
+            )
+
+    def _remap_ID_all(self):
+        super()._remap_ID_all()
+        self._order_behavior_ids()
+
+    def _order_behavior_ids(self):
+        """Re-number behavior ids by the configured vocabulary (RecBole numbers by first appearance)."""
+        field = self.behavior_field
+        found_tokens = self.field2id_token[field]  # index = RecBole's id, [0] = '[PAD]'
+        unknown = sorted(set(found_tokens[1:]) - set(self.behavior_vocab))
+        if unknown:
+            raise DatasetError(
+                f"Behavior value(s) {unknown} in {self.dataset_name}.inter are not in the configured "
+                f"behaviors {self.behavior_vocab}"
+            )
+        new_tokens = np.array(["[PAD]", *self.behavior_vocab])
+        new_id_of = {token: index for index, token in enumerate(new_tokens)}
+        old_to_new = np.array([new_id_of[token] for token in found_tokens])
+        self.inter_feat[field] = old_to_new[self.inter_feat[field].to_numpy()]
+        self.field2id_token[field] = new_tokens
+        self.field2token_id[field] = new_id_of
+
+    # ------------------------------------------------------------------ augmentation
+    @property
+    def sequence_fields(self):
+        """Interaction fields that get a ``<field>_list`` input sequence."""
+        return [self.iid_field, self.behavior_field]
+
+    def _aug_presets(self):
+        suffix = self.config["LIST_SUFFIX"]
+        for field in self.sequence_fields:
+            list_field = field + suffix
+            setattr(self, f"{field}_list_field", list_field)
+            self.set_field_property(list_field, FeatureType.TOKEN_SEQ, FeatureSource.INTERACTION,
+                                    self.max_item_list_len)
+        self.set_field_property(self.item_list_length_field, FeatureType.TOKEN, FeatureSource.INTERACTION, 1)
+
+    def data_augmentation(self):
+        """Index every example by its target row instead of copying its input window."""
+        self._aug_presets()
+        self._check_field("uid_field", "time_field")
+        # Stable: equal timestamps keep the prepared file's order, which encodes the
+        # protocol's tie rule (file order, or behavior vocabulary order for format A).
+        self.sort(by=[self.uid_field, self.time_field], ascending=True)
+        user_ids = self.inter_feat[self.uid_field].numpy()
+        n_rows = len(user_ids)
+        is_first = np.ones(n_rows, dtype=bool)
+        is_first[1:] = user_ids[1:] != user_ids[:-1]
+        user_starts = np.flatnonzero(is_first)
+        user_counts = np.diff(np.append(user_starts, n_rows))
+        self.row_user_start = np.repeat(user_starts, user_counts)  # [n_rows]
+        self.row_arrays = {field: self.inter_feat[field].numpy() for field in
+                           [self.uid_field, *self.sequence_fields]}
+
+        rank_in_user = np.arange(n_rows) - self.row_user_start
+        user_ends = user_starts + user_counts - 1
+        test_rows = user_ends[user_counts >= 2]
+        valid_rows = user_ends[user_counts >= 3] - 1
+        # Training targets: every row from a user's second one up to (excluding) the valid target.
+        row_count = np.repeat(user_counts, user_counts)
+        train_rows = np.flatnonzero((rank_in_user >= 1) & (rank_in_user < row_count - 2))
+        self.split_rows = {"train": train_rows, "valid": valid_rows, "test": test_rows}
+        # Rows a model may learn from (everything before each user's valid target); used for
+        # the training split's inter_feat so that dataset statistics never see valid/test targets.
+        self.train_visible_rows = np.flatnonzero(rank_in_user < np.maximum(row_count - 2, 1))
+
+    def build(self):
+        """Return ``[train, valid, test]`` views sharing this dataset's arrays."""
+        if not hasattr(self, "split_rows"):
+            self._change_feat_format()  # DataFrame -> Interaction, then data_augmentation()
+        views = []
+        for split in SPLITS:
+            rows = self.split_rows[split]
+            visible = self.train_visible_rows if split == "train" else rows
+            view = self.copy(self.inter_feat[torch.from_numpy(visible)])
+            view.split_name = split
+            view.target_rows = rows
+            views.append(view)
+        return views
+
+    # ------------------------------------------------------------------ batches
+    @property
+    def n_behaviors(self):
+        """Number of behavior ids including padding (ids run 1..len(behaviors))."""
+        return len(self.behavior_vocab) + 1
+
+    @property
+    def target_behavior_id(self):
+        return self.field2token_id[self.behavior_field][self.config["target_behavior"]]
+
+    def input_window(self, target_rows):
+        """Row indices of each example's input, left-aligned: ``[B, L]`` rows and ``[B]`` lengths.
+
+        Padding slots hold -1. Only rows strictly before the target row, of the same user.
+        """
+        target_rows = np.asarray(target_rows, dtype=np.int64)
+        start = np.maximum(self.row_user_start[target_rows], target_rows - self.max_item_list_len)  # [B]
+        lengths = target_rows - start  # [B]
+        offsets = np.arange(self.max_item_list_len)  # [L]
+        rows = start[:, None] + offsets[None, :]  # [B, L]
+        rows[offsets[None, :] >= lengths[:, None]] = -1
+        return rows, lengths
+
+    def make_batch(self, target_rows, with_target=False, behavior_hint=None):
+        """Gather one batch as a RecBole ``Interaction``.
+
+        Args:
+            target_rows: flat row indices of the examples' targets.
+            with_target: add the target ``item_id`` and ``behavior`` (training only).
+            behavior_hint: ``None`` (no ``behavior`` field), ``"true"`` (the target's own
+                behavior: the behavior_specific task) or a behavior id given to every example.
+        """
+        rows, lengths = self.input_window(target_rows)
+        padded = rows < 0
+        safe_rows = np.where(padded, 0, rows)
+        batch = {
+            self.uid_field: torch.from_numpy(self.row_arrays[self.uid_field][target_rows]),
+            self.item_list_length_field: torch.from_numpy(lengths),
+        }
+        for field in self.sequence_fields:
+            values = self.row_arrays[field][safe_rows]  # [B, L]
+            values[padded] = PAD_ID
+            batch[field + self.config["LIST_SUFFIX"]] = torch.from_numpy(values)
+        if with_target:
+            batch[self.iid_field] = torch.from_numpy(self.row_arrays[self.iid_field][target_rows])
+        if with_target or behavior_hint == "true":
+            batch[self.behavior_field] = torch.from_numpy(self.row_arrays[self.behavior_field][target_rows])
+        elif behavior_hint is not None:
+            batch[self.behavior_field] = torch.full((len(target_rows),), int(behavior_hint), dtype=torch.long)
+        return Interaction(batch)
+
+    def target_items(self, target_rows):
+        return self.row_arrays[self.iid_field][target_rows]
+
+    def target_behaviors(self, target_rows):
+        return self.row_arrays[self.behavior_field][target_rows]
+
+    def user_tokens(self, target_rows):
+        return self.id2token(self.uid_field, self.row_arrays[self.uid_field][target_rows])
+
+
+class SequenceLoader:
+    """Iterates a split's examples in batches of RecBole ``Interaction`` objects.
+
+    Training loaders shuffle each epoch with torch's global RNG (seeded by ``init_seed``),
+    apply RecBole's batch ``transform`` (e.g. BERT4Rec's ``mask_itemseq``) and, for BPR-style
+    models, add one uniformly sampled negative item per example.
+    """
+
+    def __init__(self, config, split_dataset, batch_size, shuffle=False, training=False, behavior_hint=None,
+                 target_rows=None):
+        self.config = config
+        self.dataset = split_dataset
+        self.target_rows = split_dataset.target_rows if target_rows is None else np.asarray(target_rows)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.training = training
+        self.behavior_hint = behavior_hint
+        self.transform = construct_transform(config) if training else None
+        neg_args = config["train_neg_sample_args"] or {}
+        self.sample_negatives = training and neg_args.get("distribution", "none") not in (None, "none")
+        self.n_items = split_dataset.num(split_dataset.iid_field)
+
+    def __len__(self):
+        return (len(self.target_rows) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        order = torch.randperm(len(self.target_rows)).numpy() if self.shuffle else np.arange(len(self.target_rows))
+        for begin in range(0, len(order), self.batch_size):
+            rows = self.target_rows[order[begin:begin + self.batch_size]]
+            batch = self.dataset.make_batch(rows, with_target=self.training, behavior_hint=self.behavior_hint)
+            if self.transform is not None:
+                batch = self.transform(self.dataset, batch)
+            if self.sample_negatives:
+                negatives = torch.randint(1, self.n_items, (len(rows),))
+                batch.update(Interaction({self.config["NEG_PREFIX"] + self.dataset.iid_field: negatives}))
+            yield batch

@@ -1,0 +1,5 @@
+"""Scores -> ranks -> per-user metrics for the protocol's tasks; nothing model-specific."""
+
+from mbrec.evaluation.evaluator import (  # noqa: F401
+    METRICS, TASKS, EvaluationError, Evaluator, TaskResult, metric_vectors, pessimistic_rank, summarize,
+)

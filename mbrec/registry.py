@@ -1,0 +1,54 @@
+"""Model and dataset names -> classes and configs: mbrec's own first, then RecBole's.
+
+A later model issue adds its class to ``MBREC_MODELS`` (name -> "module:Class"); modules are
+imported lazily so that a broken optional model never stops the others from running.
+"""
+
+import importlib
+
+from recbole.model.abstract_recommender import SequentialRecommender
+
+from mbrec.utils import PROPERTIES_DIR
+
+MBREC_MODELS = {
+    "SASRec_B": "baselines.sasrec_b:SASRec_B",
+}
+
+
+class UnknownModelError(ValueError):
+    """A model name that neither mbrec nor RecBole knows."""
+
+
+def recbole_sequential_models():
+    """RecBole's own sequential models, by class name (no lightgbm/xgboost needed)."""
+    module = importlib.import_module("recbole.model.sequential_recommender")
+    return {
+        name: obj
+        for name, obj in vars(module).items()
+        if isinstance(obj, type) and issubclass(obj, SequentialRecommender) and obj is not SequentialRecommender
+    }
+
+
+def model_names():
+    return sorted(set(MBREC_MODELS) | set(recbole_sequential_models()))
+
+
+def get_model_class(name):
+    """Resolve a model name; unknown names raise a ValueError that lists the valid ones."""
+    if name in MBREC_MODELS:
+        module_name, class_name = MBREC_MODELS[name].split(":")
+        return getattr(importlib.import_module(module_name), class_name)
+    recbole_models = recbole_sequential_models()
+    if name in recbole_models:
+        return recbole_models[name]
+    raise UnknownModelError(f"Unknown model '{name}'. Valid models: {', '.join(model_names())}")
+
+
+def model_config_file(name):
+    """mbrec's YAML for a model, or None (RecBole's own YAML still applies underneath)."""
+    path = PROPERTIES_DIR / "model" / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
+def dataset_names():
+    return sorted(path.stem for path in (PROPERTIES_DIR / "dataset").glob("*.yaml"))

@@ -1,0 +1,128 @@
+"""The multi-behavior dataset: behavior ids, ordering, leave-one-out, windows, no leakage."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mbrec.data.dataset import DatasetError, MultiBehaviorSequentialDataset
+from tests.conftest import make_config, write_inter
+
+BEHAVIORS = ["view", "cart", "buy"]
+
+
+def build(tmp_path, rows, **overrides):
+    dataset_dir = write_inter(tmp_path, "tiny", rows)
+    overrides.setdefault("behaviors", BEHAVIORS)
+    config = make_config("SASRec", dataset_dir, **overrides)
+    dataset = MultiBehaviorSequentialDataset(config)
+    return dataset, dataset.build()
+
+
+def sequence_of(dataset, user):
+    uid = dataset.token2id(dataset.uid_field, user)
+    rows = np.flatnonzero(dataset.row_arrays[dataset.uid_field] == uid)
+    items = dataset.id2token(dataset.iid_field, dataset.row_arrays[dataset.iid_field][rows])
+    behaviors = dataset.id2token(dataset.behavior_field, dataset.row_arrays[dataset.behavior_field][rows])
+    return rows, list(zip(items, behaviors))
+
+
+def test_behavior_ids_follow_configured_vocabulary(tmp_path, tiny_rows):
+    dataset, _ = build(tmp_path, tiny_rows)
+    assert list(dataset.field2id_token["behavior"]) == ["[PAD]", "view", "cart", "buy"]
+    assert dataset.target_behavior_id == 3
+    assert dataset.n_behaviors == 4
+
+
+def test_sort_is_stable_by_time_and_short_users_dropped(tmp_path, tiny_rows):
+    dataset, _ = build(tmp_path, tiny_rows)
+    _, user_a = sequence_of(dataset, "a")
+    assert user_a == [("i1", "buy"), ("i2", "view"), ("i3", "view"), ("i3", "cart"), ("i4", "view"), ("i3", "buy")]
+    _, user_b = sequence_of(dataset, "b")
+    assert user_b == [("i5", "view"), ("i2", "cart"), ("i2", "view")]
+    assert "c" not in set(dataset.field2id_token[dataset.uid_field])
+
+
+def test_leave_one_out_split(tmp_path, tiny_rows):
+    dataset, (train, valid, test) = build(tmp_path, tiny_rows)
+    rows_a, _ = sequence_of(dataset, "a")
+    rows_b, _ = sequence_of(dataset, "b")
+    assert sorted(test.target_rows) == sorted([rows_a[-1], rows_b[-1]])
+    assert sorted(valid.target_rows) == sorted([rows_a[-2], rows_b[-2]])
+    # training targets: from each user's second row up to (excluding) the valid target
+    assert sorted(train.target_rows) == sorted(list(rows_a[1:-2]) + list(rows_b[1:-2]))
+    assert not set(train.target_rows) & (set(valid.target_rows) | set(test.target_rows))
+    # the training view's interactions never include valid or test targets
+    visible = set(map(tuple, zip(train.inter_feat["user_id"].tolist(), train.inter_feat["timestamp"].tolist())))
+    for row in list(valid.target_rows) + list(test.target_rows):
+        key = (int(dataset.row_arrays["user_id"][row]), float(dataset.inter_feat["timestamp"][row]))
+        assert key not in visible
+
+
+def test_input_window_is_strictly_before_target_and_truncated(tmp_path, tiny_rows):
+    dataset, (_, _, test) = build(tmp_path, tiny_rows, MAX_ITEM_LIST_LENGTH=3)
+    rows_a, seq_a = sequence_of(dataset, "a")
+    batch = dataset.make_batch(np.array([rows_a[-1]]))
+    assert batch["item_length"].tolist() == [3]
+    items = dataset.id2token("item_id", batch["item_id_list"][0, :3].numpy())
+    behaviors = dataset.id2token("behavior", batch["behavior_list"][0, :3].numpy())
+    assert list(zip(items, behaviors)) == seq_a[-4:-1]  # the 3 interactions before the target
+    window, lengths = dataset.input_window(test.target_rows)
+    for target, row_window, length in zip(test.target_rows, window, lengths):
+        used = row_window[:length]
+        assert (used < target).all() and (row_window[length:] == -1).all()
+        assert (dataset.row_arrays["user_id"][used] == dataset.row_arrays["user_id"][target]).all()
+
+
+def test_eval_batches_carry_only_the_allowed_hint(tmp_path, tiny_rows):
+    dataset, (_, _, test) = build(tmp_path, tiny_rows)
+    rows = test.target_rows
+    blind = dataset.make_batch(rows)
+    assert "item_id" not in blind and "behavior" not in blind
+    told = dataset.make_batch(rows, behavior_hint="true")
+    assert "item_id" not in told
+    assert told["behavior"].tolist() == dataset.target_behaviors(rows).tolist()
+    asked = dataset.make_batch(rows, behavior_hint=dataset.target_behavior_id)
+    assert set(asked["behavior"].tolist()) == {3}
+    train_batch = dataset.make_batch(rows, with_target=True)
+    assert train_batch["item_id"].tolist() == dataset.target_items(rows).tolist()
+
+
+def test_unknown_behavior_is_a_clear_error(tmp_path, tiny_rows):
+    rows = tiny_rows + [("a", "i9", "like", 99)]
+    with pytest.raises(DatasetError, match="like"):
+        build(tmp_path, rows)
+
+
+def test_all_users_filtered_out_is_a_clear_error(tmp_path, tiny_rows):
+    with pytest.raises(DatasetError, match="filtered out"):
+        build(tmp_path, tiny_rows, min_user_inter=50)
+
+
+def test_missing_behavior_column_is_a_clear_error(tmp_path):
+    folder = tmp_path / "nobeh"
+    folder.mkdir()
+    (folder / "nobeh.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\na\ti1\t1\n")
+    with pytest.raises(DatasetError, match="behavior"):
+        MultiBehaviorSequentialDataset(make_config("SASRec", folder, behaviors=BEHAVIORS))
+
+
+@pytest.mark.skipif(not os.environ.get("MBREC_DATA_DIR"), reason="MBREC_DATA_DIR not set")
+def test_real_retailrocket_split_has_no_target_leakage(tmp_path):
+    from mbrec.data.prepare import prepare
+
+    folder = prepare("retailrocket", cache_dir=tmp_path)
+    config = make_config("SASRec", Path(folder), base_dataset="retailrocket")
+    dataset = MultiBehaviorSequentialDataset(config)
+    train, valid, test = dataset.build()
+    # every user kept (>= 3 interactions; 16 of 2,174 have fewer) has a held-out buy appended
+    assert len(test.target_rows) == dataset.user_num - 1 == 2158
+    assert (dataset.target_behaviors(test.target_rows) == dataset.target_behavior_id).all()
+    window, lengths = dataset.input_window(test.target_rows)
+    items = dataset.row_arrays["item_id"]
+    for target, row_window, length in zip(test.target_rows, window, lengths):
+        assert (row_window[:length] < target).all()
+        # heldout: append -> the test item is new to the user (shared README), never in its input
+        assert items[target] not in set(items[row_window[:length]])
+    assert (valid.target_rows + 1 == test.target_rows).all()  # valid = the row just before test
