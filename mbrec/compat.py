@@ -4,9 +4,20 @@ Imported first by ``mbrec/__init__.py``; nothing else in mbrec patches third-par
 Each block names what breaks without it.
 """
 
+import importlib.metadata
 import warnings
 
 import numpy as np
+
+# recbole is installed with --no-deps (its metadata pins ray<=2.6.3), so setup.cfg cannot
+# require it: say how to install it instead of failing later with a bare ModuleNotFoundError.
+REQUIRED_RECBOLE = "1.2.1"
+try:
+    _recbole_version = importlib.metadata.version("recbole")
+except importlib.metadata.PackageNotFoundError:
+    raise ImportError(f"mbrec needs recbole {REQUIRED_RECBOLE}: pip install --no-deps recbole=={REQUIRED_RECBOLE}") from None
+if _recbole_version != REQUIRED_RECBOLE:
+    warnings.warn(f"mbrec is tested with recbole {REQUIRED_RECBOLE}; found {_recbole_version}")
 
 # numpy 2 removed these aliases. recbole's ``Config.compatibility_settings`` runs
 # ``np.float = np.float_`` (and complex_, unicode_) on every Config construction, and

@@ -10,6 +10,7 @@ import re
 
 import yaml
 from recbole.config import Config
+from recbole.data.transform import construct_transform
 
 from mbrec import registry
 from mbrec.utils import PROPERTIES_DIR
@@ -126,4 +127,7 @@ def build_config(model, dataset_dir, settings):
     config["user_inter_num_interval"] = f"[{int(config['min_user_inter'])},inf)"
     min_item_inter = int(config["min_item_inter"] or 0)
     config["item_inter_num_interval"] = f"[{min_item_inter},inf)" if min_item_inter > 0 else None
+    # RecBole's batch transforms write config keys that models read in __init__ (BERT4Rec reads
+    # MASK_ITEM_SEQ set by mask_itemseq); RecBole builds them before the model, and so do we.
+    construct_transform(config)
     return config

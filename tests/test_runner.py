@@ -118,3 +118,11 @@ def test_behavior_aware_model_beats_item_only_when_behavior_matters(tmp_path):
     assert pair_tokens.metrics["recall@1"] > 0.9
     assert item_only.metrics["recall@1"] < 0.6  # about 1/3 is the best it can do
     assert item_only.metrics["recall@5"] > 0.9  # but it did learn the three candidates
+
+
+@pytest.mark.parametrize("model", ["BERT4Rec", "GRU4Rec"])
+def test_recbole_baselines_run_through_the_runner(tmp_path, model):
+    record = tiny_run(tmp_path, model=model, epochs=1)
+    result = record["results"]["behavior_specific"]
+    assert result["n_users"] == record["data"]["users_after_filter"]
+    assert 0.0 <= result["metrics"]["ndcg@10"] <= result["metrics"]["recall@10"] <= 1.0
