@@ -221,7 +221,8 @@ def parse_args(argv=None):
     parser.add_argument("--skip-stock-above", type=int, default=None, metavar="N_ROWS",
                         help="skip RecBole's stock build on datasets with more than N_ROWS interactions")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
-                        help=f"per-build time limit in seconds (default {DEFAULT_TIMEOUT_S})")
+                        help=f"per-build limit in seconds on the whole worker subprocess, imports included "
+                             f"(default {DEFAULT_TIMEOUT_S})")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model whose YAML layer the config uses")
     # Internal: run one build in this (fresh) process.
     parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)

@@ -79,7 +79,7 @@ class Trainer:
                 start = time.perf_counter()
                 score = self.validate(valid_dataset)
                 entry.update(valid_score=score, valid_seconds=time.perf_counter() - start)
-                if score > best_score:
+                if score > best_score or best_epoch < 0:  # the first validation always saves
                     best_score, best_epoch, bad_validations = score, epoch, 0
                     self._save(checkpoint_path)
                 else:

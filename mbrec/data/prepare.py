@@ -500,6 +500,11 @@ def read_retailrocket(files, options):
             "timestamp": _numeric_column(chunk["timestamp"], path, "timestamp", line, True) / MS_PER_SECOND,
         }))
         line += len(chunk)
+    return _file_log_output(parts, path)
+
+
+def _file_log_output(parts, path):
+    """Concatenate a file-ordered log read in chunks and order it by user, then time (stable)."""
     if not parts:
         raise DataPreparationError(f"{path}: no data rows")
     log = pd.concat(parts, ignore_index=True)
@@ -575,13 +580,7 @@ def read_csv_log(files, options):
                                              columns["timestamp"], line, False)
         parts.append(pd.DataFrame(frame))
         line += len(chunk)
-    if not parts:
-        raise DataPreparationError(f"{path}: no data rows")
-    log = pd.concat(parts, ignore_index=True)
-    del parts
-    log["timestamp"] = _whole_numbers_as_int(log["timestamp"].to_numpy())
-    notes = {"duplicate_rows": _count_duplicates(log)}
-    return ReaderOutput(_in_chunks(_order_file_log(log)), None, {}, notes)
+    return _file_log_output(parts, path)
 
 
 def _load_pickle(path):
