@@ -213,7 +213,8 @@ def format_summary(records, tasks=("behavior_specific", "target_behavior", "beha
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="run_benchmark.py",
-        description="Train and evaluate multi-behavior sequential recommenders under one protocol.",
+        description="Train and evaluate multi-behavior sequential recommenders under one protocol. "
+                    "`run_benchmark.py table --help` rebuilds comparison tables from stored results.",
         epilog="Extra arguments key=value (or --key=value) override any config entry, e.g. "
                "epochs=20 learning_rate=1e-3 prepare.size=medium.")
     parser.add_argument("--model", "--models", dest="models", nargs="+", default=["SASRec"],
@@ -235,8 +236,12 @@ def build_parser():
 
 
 def main(argv=None):
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "table":  # rebuild tables from stored results, no training
+        from mbrec.benchmark.tables import table_main
+
+        return table_main(argv[1:])
+    parser = build_parser()
     # key=value overrides may sit anywhere, also right after a list option (--models A B lr=1e-3).
     extra = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
     args, unknown = parser.parse_known_args([arg for arg in argv if arg not in extra])
@@ -268,5 +273,6 @@ def main(argv=None):
     if records:
         print(format_summary(records))
     for model, dataset, seed, error in failures:
-        print(f"FAILED {model} {dataset} seed={seed}: {type(error).__name__}: {error}", file=sys.stderr)
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        print(f"FAILED {model} {dataset} seed={seed}: {type(error).__name__}: {first_line}", file=sys.stderr)
     return 1 if failures else 0

@@ -1,0 +1,331 @@
+"""Result tables from hand-made records: collecting, marks, tests, Improve, N/A vs missing, renderers."""
+
+import csv
+import hashlib
+import io
+import json
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from mbrec.benchmark.results import record_path, save_record
+from mbrec.benchmark.stats import per_user_values
+from mbrec.benchmark.tables import (
+    MISSING, MISSING_MARK, NA_MARK, NOT_APPLICABLE, VALUE, build_table, collect_records, efficiency_table,
+    efficiency_to_csv, efficiency_to_markdown, table_main, to_csv, to_latex, to_markdown, write_tables,
+)
+from mbrec.evaluation import summarize
+
+TASK = "behavior_specific"
+ITEM_ONLY_NOTE = "model ignores the behavior hint"
+# A rank far outside every cutoff: a miss for all metrics.
+MISS = 99
+CREATED = "2024-05-01T00:00:00+00:00"
+TOLERANCE = 1e-9
+KEY_LENGTH = 12
+
+
+def users_for(count):
+    return [f"u{index}" for index in range(count)]
+
+
+def make_record(model, ranks_by_task, dataset="ds", seed=0, users=None, created=CREATED, heldout="append",
+                note="", efficiency=None):
+    """A valid run record: ``ranks_by_task[task]`` = per-user ranks, or None for an N/A task.
+
+    Tasks not in ``ranks_by_task`` are absent from the record (not evaluated).
+    """
+    results = {}
+    for task, ranks in ranks_by_task.items():
+        if ranks is None:
+            results[task] = None
+            continue
+        task_users = users or users_for(len(ranks))
+        results[task] = {"metrics": summarize(ranks), "n_users": len(ranks), "note": note,
+                         "per_user": {"user": list(task_users), "rank": list(ranks)}}
+    return {
+        "run_key": hashlib.sha1(f"{model}|{dataset}|{seed}|{created}".encode()).hexdigest()[:KEY_LENGTH],
+        "model": model, "dataset": dataset,
+        "dataset_canonical": dataset, "seed": seed, "heldout": heldout, "config": {"seed": seed},
+        "results": results, "created": created,
+        "efficiency": efficiency or {"parameters": 1000, "train_seconds": 10.0, "train_seconds_per_epoch": 2.0,
+                                     "eval_seconds": 1.0, "peak_cpu_rss_mb": 300.0, "peak_gpu_mb": None,
+                                     "device": "cpu"},
+    }
+
+
+def store(results_dir, record):
+    """Save ``record`` where the runner would, through the results store."""
+    path = record_path(results_dir, record["model"], record["dataset"], record["seed"], record["run_key"])
+    return save_record(path, record)
+
+
+def recall_at_10_ranks(hits, misses):
+    """Ranks giving ``hits`` users a top-10 hit (rank 0) and ``misses`` users a miss."""
+    return [0] * hits + [MISS] * misses
+
+
+def cell(table, model, metric="recall@10", dataset="ds"):
+    return table.cells[(model, dataset, metric)]
+
+
+def test_ties_bold_all_best_and_underline_next_distinct_value():
+    records = [
+        make_record("A", {TASK: recall_at_10_ranks(3, 1)}),  # 0.75
+        make_record("B", {TASK: recall_at_10_ranks(3, 1)}),  # 0.75
+        make_record("C", {TASK: recall_at_10_ranks(2, 2)}),  # 0.50
+        make_record("D", {TASK: recall_at_10_ranks(2, 2)}),  # 0.50
+        make_record("E", {TASK: recall_at_10_ranks(1, 3)}),  # 0.25
+    ]
+    table = build_table(records, metrics=("recall@10",))
+    assert [model for model in "ABCDE" if cell(table, model).best] == ["A", "B"]
+    assert [model for model in "ABCDE" if cell(table, model).second] == ["C", "D"]
+    assert not any(cell(table, model).star for model in "ABCDE")  # tied best beats nobody
+    assert cell(table, "A").mean == pytest.approx(0.75)
+
+
+def test_ties_are_decided_at_display_precision():
+    users = users_for(10_000)
+    # 0.50000 vs 0.50010: equal when shown with 3 decimals, different with 4.
+    high = make_record("High", {TASK: recall_at_10_ranks(5001, 4999)}, users=users)
+    low = make_record("Low", {TASK: recall_at_10_ranks(5000, 5000)}, users=users)
+    coarse = build_table([high, low], metrics=("recall@10",), decimals=3)
+    assert cell(coarse, "High").best and cell(coarse, "Low").best
+    fine = build_table([high, low], metrics=("recall@10",), decimals=4)
+    assert cell(fine, "High").best and cell(fine, "Low").second
+
+
+def test_star_follows_the_paired_per_user_test():
+    rng = np.random.default_rng(0)
+    n_users = 60
+    strong = rng.integers(0, 8, n_users).tolist()  # mostly hits
+    weak = rng.integers(0, 40, n_users).tolist()  # mostly misses
+    near = list(strong)
+    near[0] = MISS  # differs from 'strong' on one user only
+    records = [make_record("Strong", {TASK: strong}), make_record("Weak", {TASK: weak}),
+               make_record("Near", {TASK: near})]
+
+    with_near = build_table(records, metrics=("recall@10", "ndcg@10"))
+    best = cell(with_near, "Strong")
+    assert best.best and best.compared_with == "Near"
+    assert not best.star  # one user of difference: not significant
+    assert best.user_test.pvalue > 0.05
+    assert best.seed_test is None and not best.seed_star  # one seed: no across-seed test
+
+    without_near = build_table(records[:2], metrics=("recall@10", "ndcg@10"))
+    for metric in ("recall@10", "ndcg@10"):
+        expected = scipy_stats.ttest_rel(per_user_values(strong, metric), per_user_values(weak, metric))
+        best = cell(without_near, "Strong", metric)
+        assert best.user_test.pvalue == pytest.approx(float(expected.pvalue), abs=TOLERANCE)
+        assert best.star == (float(expected.pvalue) < 0.05)
+        assert best.star
+        assert not cell(without_near, "Weak", metric).star
+    # A stricter alpha removes the star.
+    strict = build_table(records[:2], metrics=("ndcg@10",), alpha=1e-300)
+    assert not cell(strict, "Strong", "ndcg@10").star
+
+
+def test_star_pools_seeds_and_dagger_uses_across_seed_test():
+    rng = np.random.default_rng(1)
+    n_users, seeds = 30, (0, 1, 2)
+    strong = {seed: rng.integers(0, 6, n_users).tolist() for seed in seeds}
+    weak = {seed: rng.integers(0, 30, n_users).tolist() for seed in seeds}
+    records = ([make_record("Strong", {TASK: strong[seed]}, seed=seed) for seed in seeds]
+               + [make_record("Weak", {TASK: weak[seed]}, seed=seed) for seed in seeds])
+    table = build_table(records, metrics=("ndcg@10",), show_std=True)
+    best = cell(table, "Strong", "ndcg@10")
+    pooled = scipy_stats.ttest_rel(np.concatenate([per_user_values(strong[seed], "ndcg@10") for seed in seeds]),
+                                   np.concatenate([per_user_values(weak[seed], "ndcg@10") for seed in seeds]))
+    assert best.user_test.n == n_users * len(seeds)
+    assert best.user_test.pvalue == pytest.approx(float(pooled.pvalue), abs=TOLERANCE)
+    seed_means_strong = [per_user_values(strong[seed], "ndcg@10").mean() for seed in seeds]
+    seed_means_weak = [per_user_values(weak[seed], "ndcg@10").mean() for seed in seeds]
+    across = scipy_stats.ttest_rel(seed_means_strong, seed_means_weak)
+    assert best.seed_test.pvalue == pytest.approx(float(across.pvalue), abs=TOLERANCE)
+    assert best.seed_star == (float(across.pvalue) < 0.05)
+    assert best.mean == pytest.approx(np.mean(seed_means_strong))
+    assert best.std == pytest.approx(np.std(seed_means_strong, ddof=1))
+    assert " ± " in to_markdown(table)
+
+
+def test_dagger_marks_a_significant_across_seed_difference():
+    n_users = 20
+    strong_hits, weak_hits = {0: 18, 1: 16, 2: 17}, {0: 6, 1: 7, 2: 5}
+    records = ([make_record("Strong", {TASK: recall_at_10_ranks(hits, n_users - hits)}, seed=seed)
+                for seed, hits in strong_hits.items()]
+               + [make_record("Weak", {TASK: recall_at_10_ranks(hits, n_users - hits)}, seed=seed)
+                  for seed, hits in weak_hits.items()])
+    table = build_table(records, metrics=("recall@10",))
+    best = cell(table, "Strong")
+    expected = scipy_stats.ttest_rel([hits / n_users for hits in strong_hits.values()],
+                                     [hits / n_users for hits in weak_hits.values()])
+    assert best.seed_test.pvalue == pytest.approx(float(expected.pvalue), abs=TOLERANCE)
+    assert best.star and best.seed_star
+    assert "**0.8500**\\*†" in to_markdown(table)
+    assert "\\textbf{0.8500}$^{*}$$^{\\dagger}$" in to_latex(table)
+    # Only two seeds: no across-seed test, no dagger.
+    two_seeds = build_table([record for record in records if record["seed"] < 2], metrics=("recall@10",))
+    assert cell(two_seeds, "Strong").seed_test is None and not cell(two_seeds, "Strong").seed_star
+
+
+def test_mismatched_users_are_reported_not_tested():
+    records = [make_record("A", {TASK: [0, 0, 0, 1]}, users=["a", "b", "c", "d"]),
+               make_record("B", {TASK: [0, MISS, MISS, MISS]}, users=["a", "b", "c", "z"])]
+    table = build_table(records, metrics=("recall@10",))
+    assert cell(table, "A").best and not cell(table, "A").star
+    assert any("different test users" in problem for problem in table.problems)
+
+
+def test_improve_row_compares_best_proposed_with_best_baseline():
+    records = [
+        make_record("Base1", {TASK: recall_at_10_ranks(5, 5)}),  # 0.5
+        make_record("Base2", {TASK: recall_at_10_ranks(4, 6)}),  # 0.4
+        make_record("Ours", {TASK: recall_at_10_ranks(6, 4)}),  # 0.6
+        make_record("Ours2", {TASK: recall_at_10_ranks(3, 7)}),  # 0.3
+    ]
+    table = build_table(records, metrics=("recall@10",), proposed=("Ours", "Ours2"))
+    assert table.baselines == ["Base1", "Base2"] and table.proposed == ["Ours", "Ours2"]
+    assert table.improve[("ds", "recall@10")] == pytest.approx((0.6 - 0.5) / 0.5 * 100)
+    markdown = to_markdown(table)
+    assert "| Improve | +20.00% |" in markdown
+    assert markdown.index("Base2") < markdown.index("| Ours ")  # baselines first
+    # The proposed group losing gives a negative improvement.
+    losing = build_table(records, metrics=("recall@10",), proposed=("Ours2",))
+    assert losing.improve[("ds", "recall@10")] == pytest.approx((0.3 - 0.6) / 0.6 * 100)
+    # No proposed group: no Improve row.
+    assert "Improve" not in to_markdown(build_table(records, metrics=("recall@10",)))
+
+
+def test_not_applicable_versus_missing_cells():
+    records = [
+        make_record("MB", {TASK: [0, 1, 2], "behavior_item": [0, 1, 2]}, dataset="ds1"),
+        make_record("MB", {TASK: [0, 1, 2], "behavior_item": [0, 1, 2]}, dataset="ds2"),
+        make_record("ItemOnly", {TASK: [3, 4, 5], "behavior_item": None}, dataset="ds1", note=ITEM_ONLY_NOTE),
+        make_record("NoTask", {TASK: [0, 0, 0]}, dataset="ds1"),  # behavior_item not evaluated
+    ]
+    table = build_table(records, task="behavior_item", metrics=("recall@10",), proposed=("Ghost",))
+    assert cell(table, "MB", dataset="ds1").status == VALUE
+    assert cell(table, "ItemOnly", dataset="ds1").status == NOT_APPLICABLE
+    assert cell(table, "ItemOnly", dataset="ds2").status == MISSING  # no run on ds2
+    assert cell(table, "NoTask", dataset="ds1").status == MISSING
+    assert cell(table, "Ghost", dataset="ds1").status == MISSING  # proposed, never run
+    assert table.improve[("ds1", "recall@10")] is None
+    markdown = to_markdown(table)
+    assert NA_MARK in markdown and MISSING_MARK in markdown
+    item_only_row = next(line for line in markdown.splitlines() if line.startswith("| ItemOnly"))
+    assert item_only_row == f"| ItemOnly | {NA_MARK} | {MISSING_MARK} |"
+    # The note of item-only models reaches the footnote (behavior_specific task).
+    footnote = " ".join(build_table(records, metrics=("recall@10",)).footnote)
+    assert "ignores the behavior hint: ItemOnly" in footnote
+    assert "heldout setting" in footnote and "ds1: append" in footnote
+
+
+def test_collect_records_reports_corrupted_partial_and_duplicate_files(tmp_path):
+    good = store(tmp_path, make_record("A", {TASK: [0, 1]}))
+    old = store(tmp_path, make_record("B", {TASK: [MISS, MISS]}, created="2024-01-01T00:00:00+00:00"))
+    new = store(tmp_path, make_record("B", {TASK: [0, 0]}, created="2024-06-01T00:00:00+00:00"))
+    corrupted = tmp_path / "runs" / "ds" / "C" / "C-seed0-corrupted.json"
+    corrupted.parent.mkdir(parents=True)
+    corrupted.write_text('{"model": "C", "results": {', encoding="utf-8")
+    partial = tmp_path / "runs" / "ds" / "D" / "D-seed0-partial.json"
+    partial.parent.mkdir(parents=True)
+    partial_record = make_record("D", {TASK: [0, 1]})
+    del partial_record["results"]
+    partial.write_text(json.dumps(partial_record), encoding="utf-8")
+    inconsistent = tmp_path / "runs" / "ds" / "E" / "E-seed0-inconsistent.json"
+    inconsistent.parent.mkdir(parents=True)
+    broken = {"record_version": 1, **make_record("E", {TASK: [0, 1]})}
+    broken["results"][TASK]["per_user"]["rank"] = [0]
+    inconsistent.write_text(json.dumps(broken), encoding="utf-8")
+
+    records, problems = collect_records(tmp_path)
+    assert sorted(record["model"] for record in records) == ["A", "B"]
+    assert next(record for record in records if record["model"] == "B")["created"].startswith("2024-06")
+    text = "\n".join(problems)
+    assert str(corrupted) in text and "not valid JSON" in text
+    assert str(partial) in text and "missing" in text
+    assert str(inconsistent) in text
+    assert f"using {new}" in text and str(old) in text
+    assert good.exists()
+
+    filtered, _ = collect_records(tmp_path, models=["A"], seeds=[0])
+    assert [record["model"] for record in filtered] == ["A"]
+    assert collect_records(tmp_path, seeds=[5])[0] == []
+
+
+def _marked_table():
+    records = [
+        make_record("Base", {TASK: [5, 7, 30, 40, 9, 60, 50, 3]}),
+        make_record("Runner", {TASK: [1, 2, 3, 12, 30, 2, 8, 40]}),
+        make_record("Ours", {TASK: [0] * 8}),
+        make_record("ItemOnly", {TASK: None}, note=ITEM_ONLY_NOTE),
+    ]
+    return build_table(records, metrics=("recall@10", "ndcg@10"), proposed=("Ours", "Missing_model"))
+
+
+def test_renderers_contain_the_marks():
+    table = _marked_table()
+    assert cell(table, "Ours", "ndcg@10").star
+    markdown = to_markdown(table)
+    assert "**1.0000**\\*" in markdown and "<u>" in markdown and NA_MARK in markdown
+    assert MISSING_MARK in markdown and "| Improve |" in markdown and "p < 0.05" in markdown
+    assert "- \\*: the sole best model" in markdown
+
+    latex = to_latex(table)
+    for marker in ("\\toprule", "\\midrule", "\\bottomrule", "\\textbf{1.0000}$^{*}$", "\\underline{",
+                   "\\multicolumn{2}{c}{ds}", "Missing\\_model", "\\%", NA_MARK, "$^{*}$: the sole best",
+                   "p $<$ 0.05", "behavior\\_specific"):
+        assert marker in latex
+
+    rows = list(csv.DictReader(io.StringIO(to_csv(table))))
+    by_key = {(row["model"], row["metric"]): row for row in rows}
+    assert by_key[("Ours", "ndcg@10")]["mark"] == "best" and by_key[("Ours", "ndcg@10")]["star"] == "1"
+    assert by_key[("Runner", "ndcg@10")]["mark"] == "second"
+    assert by_key[("ItemOnly", "ndcg@10")]["status"] == NOT_APPLICABLE
+    assert by_key[("Missing_model", "ndcg@10")]["status"] == MISSING
+    # Best baseline is Runner with 5 of 8 top-10 hits.
+    assert float(by_key[("Improve", "recall@10")]["mean"]) == pytest.approx((1.0 - 0.625) / 0.625 * 100)
+    assert float(by_key[("Ours", "ndcg@10")]["p_user"]) < 0.05
+
+
+def test_write_tables_writes_three_formats(tmp_path):
+    paths = write_tables(_marked_table(), tmp_path / "tables", "main")
+    assert sorted(paths) == ["csv", "md", "tex"]
+    assert (tmp_path / "tables" / "main.tex").read_text(encoding="utf-8").startswith("\\begin{table}")
+    assert not [path for path in (tmp_path / "tables").iterdir() if path.name.startswith(".")]
+
+
+def test_efficiency_table_prefers_gpu_memory():
+    gpu = {"parameters": 2000, "train_seconds": 30.0, "train_seconds_per_epoch": 3.0, "eval_seconds": 2.0,
+           "peak_cpu_rss_mb": 900.0, "peak_gpu_mb": 100.0, "device": "cuda:0"}
+    records = [make_record("A", {TASK: [0]}, seed=0), make_record("A", {TASK: [0]}, seed=1,
+                                                                  efficiency={**gpu, "peak_gpu_mb": None,
+                                                                              "device": "cpu"}),
+               make_record("G", {TASK: [0]}, efficiency=gpu)]
+    rows = {row.model: row for row in efficiency_table(records)}
+    assert rows["A"].n_seeds == 2 and rows["A"].memory_kind == "CPU RSS"
+    assert rows["A"].peak_memory_mb == pytest.approx((300.0 + 900.0) / 2)
+    assert rows["A"].train_seconds_per_epoch == pytest.approx((2.0 + 3.0) / 2)
+    assert rows["G"].memory_kind == "GPU" and rows["G"].peak_memory_mb == pytest.approx(100.0)
+    assert "| G | ds | 1 | 2,000 |" in efficiency_to_markdown(list(rows.values()))
+    assert efficiency_to_csv(list(rows.values())).splitlines()[0].startswith("model,dataset,n_seeds,parameters")
+
+
+def test_table_main_rebuilds_from_stored_results(tmp_path, capsys):
+    for seed in (0, 1):
+        store(tmp_path, make_record("Base", {TASK: [5, 7, 30, 40]}, seed=seed))
+        store(tmp_path, make_record("Ours", {TASK: [0, 1, 0, 2]}, seed=seed))
+    bad = tmp_path / "runs" / "ds" / "Base" / "Base-seed9-bad.json"
+    bad.write_text("not json", encoding="utf-8")
+    out_dir = tmp_path / "out"
+    code = table_main(["--results-dir", str(tmp_path), "--proposed", "Ours", "--metrics", "recall@10",
+                       "--std", "--out", str(out_dir)])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "| Improve |" in captured.out and str(bad) in captured.err
+    written = sorted(path.name for path in out_dir.iterdir())
+    assert written == ["behavior_specific.csv", "behavior_specific.md", "behavior_specific.tex",
+                       "efficiency.csv", "efficiency.md", "efficiency.png"]
+    assert (out_dir / "efficiency.png").read_bytes().startswith(b"\x89PNG")
+    assert table_main(["--results-dir", str(tmp_path / "empty")]) == 1
