@@ -12,6 +12,8 @@ from mbrec.utils import PROPERTIES_DIR
 
 MBREC_MODELS = {
     "SASRec_B": "baselines.sasrec_b:SASRec_B",
+    "Pop": "baselines.heuristics:Pop",
+    "Recent": "baselines.heuristics:Recent",
 }
 
 

@@ -128,3 +128,22 @@ class Trainer:
     def _save(self, checkpoint_path):
         with atomic_path(checkpoint_path) as tmp:
             torch.save(self.model.state_dict(), tmp)
+
+
+class NoTrainingTrainer(Trainer):
+    """For rules that do not learn (Pop, Recent): no optimizer, no epochs, one validation."""
+
+    def __init__(self, config, model, device):
+        self.config = config
+        self.model = model
+        self.device = device
+        self.evaluator = Evaluator(config)
+        self.valid_metric = str(config["valid_metric"]).lower()
+        self.valid_task = config["valid_task"]
+        self.history = []
+
+    def fit(self, train_dataset, valid_dataset, checkpoint_path):
+        score = self.validate(valid_dataset)
+        logger.info(f"{type(self.model).__name__} does not train; valid {self.valid_task} "
+                    f"{self.valid_metric} {score:.4f}")
+        return {"best_epoch": None, "best_valid_score": score, "epochs_run": 0}
