@@ -12,6 +12,7 @@ from mbrec.utils import PROPERTIES_DIR
 
 MBREC_MODELS = {
     "SASRec_B": "baselines.sasrec_b:SASRec_B",
+    "SASRec_MB": "baselines.sasrec_mb:SASRec_MB",
     "Pop": "baselines.heuristics:Pop",
     "Recent": "baselines.heuristics:Recent",
 }

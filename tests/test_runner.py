@@ -111,10 +111,11 @@ def test_tiny_model_overfits_a_tiny_dataset(tmp_path):
     assert result.metrics["recall@1"] > 0.95
 
 
-def test_behavior_aware_model_beats_item_only_when_behavior_matters(tmp_path):
+@pytest.mark.parametrize("behavior_model", ["SASRec_B", "SASRec_MB"])
+def test_behavior_aware_model_beats_item_only_when_behavior_matters(tmp_path, behavior_model):
     rows = behavior_rule_rows()
     item_only = train_and_test(tmp_path / "sasrec", "SASRec", rows)
-    pair_tokens = train_and_test(tmp_path / "sasrec_b", "SASRec_B", rows)
+    pair_tokens = train_and_test(tmp_path / "behavior", behavior_model, rows)
     assert pair_tokens.metrics["recall@1"] > 0.9
     assert item_only.metrics["recall@1"] < 0.6  # about 1/3 is the best it can do
     assert item_only.metrics["recall@5"] > 0.9  # but it did learn the three candidates
