@@ -19,9 +19,10 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from mbrec.benchmark.trainer import NoTrainingTrainer
+from baselines import PredictFromFullSort
 
 
-class Pop(SequentialRecommender):
+class Pop(PredictFromFullSort, SequentialRecommender):
     """Global popularity over the training part of the split."""
 
     input_type = InputType.POINTWISE
@@ -46,10 +47,6 @@ class Pop(SequentialRecommender):
 
     def calculate_loss(self, interaction):
         raise RuntimeError(f"{type(self).__name__} does not train")
-
-    def predict(self, interaction):
-        scores = self.full_sort_predict(interaction)
-        return scores.gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
 
     def full_sort_predict(self, interaction):
         return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])

@@ -14,8 +14,10 @@ import torch
 from torch import nn
 from recbole.model.sequential_recommender.sasrec import SASRec
 
+from baselines import PredictFromFullSort
 
-class SASRec_B(SASRec):
+
+class SASRec_B(PredictFromFullSort, SASRec):
     """SASRec whose vocabulary is (item, behavior) pairs; ``pair = (item-1) * B + (behavior-1) + 1``."""
 
     behavior_conditioned = True
@@ -46,10 +48,6 @@ class SASRec_B(SASRec):
         logits = self._pair_logits(interaction)
         target = self.pair_ids(interaction[self.POS_ITEM_ID], interaction[self.BEHAVIOR])  # [B]
         return self.loss_fct(logits, target)
-
-    def predict(self, interaction):
-        scores = self.full_sort_predict(interaction)
-        return scores.gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
 
     def full_sort_predict(self, interaction):
         pair_scores = self.full_sort_predict_behavior_item(interaction)  # [B, n_behaviors, n_items]

@@ -13,8 +13,10 @@ import torch
 from torch import nn
 from recbole.model.sequential_recommender.sasrec import SASRec
 
+from baselines import PredictFromFullSort
 
-class SASRec_MB(SASRec):
+
+class SASRec_MB(PredictFromFullSort, SASRec):
     """SASRec + behavior embeddings on inputs + the asked behavior on the output query."""
 
     behavior_conditioned = True
@@ -61,10 +63,6 @@ class SASRec_MB(SASRec):
         seq_output = self.encode(interaction, asked)
         logits = seq_output @ self.item_embedding.weight.T  # [B, n_items]
         return self.loss_fct(logits, interaction[self.POS_ITEM_ID])
-
-    def predict(self, interaction):
-        scores = self.full_sort_predict(interaction)
-        return scores.gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
 
     def full_sort_predict(self, interaction):
         return self.encode(interaction, self._asked(interaction)) @ self.item_embedding.weight.T  # [B, n_items]

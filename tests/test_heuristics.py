@@ -35,6 +35,9 @@ def test_heuristic_ranks_and_metrics_match_hand_computation(tmp_path, model_name
     train, _, test = dataset.build()
     model = registry.get_model_class(model_name)(config, train)
     assert sum(p.numel() for p in model.parameters()) == 0
+    batch = dataset.make_batch(test.target_rows, with_target=True)
+    full = model.full_sort_predict(batch)
+    assert model.predict(batch).tolist() == full[range(len(full)), batch["item_id"]].tolist()
     results = Evaluator(config).evaluate(model, test, tasks=["behavior_specific", "target_behavior"])
     expected = EXPECTED_TEST_RANKS[model_name]
     assert dict(zip(results["behavior_specific"].users, results["behavior_specific"].ranks.tolist())) == expected
