@@ -90,7 +90,7 @@ def dataset_config_file(dataset):
 
 def merge_layers(model, dataset, config_files=(), overrides=None):
     """Merge the YAML layers and overrides into one plain dict (the run's own settings)."""
-    layers = [PROPERTIES_DIR / "overall.yaml", registry.model_config_file(model), dataset_config_file(dataset)]
+    layers = [PROPERTIES_DIR / "overall.yaml", *registry.model_config_files(model), dataset_config_file(dataset)]
     merged = {}
     for path in [p for p in layers if p is not None] + [*config_files]:
         deep_update(merged, load_yaml(path))

@@ -15,6 +15,10 @@ MBREC_MODELS = {
     "SASRec_MB": "baselines.sasrec_mb:SASRec_MB",
     "Pop": "baselines.heuristics:Pop",
     "Recent": "baselines.heuristics:Recent",
+    "DiffuRec": "baselines.diffurec:DiffuRec",
+    "DiffuRecSys": "mbrec.models.diffurecsys:DiffuRecSys",
+    "DiffuRecSysV1": "mbrec.models.diffurecsys:DiffuRecSysV1",
+    "DiffuRecSysMB": "mbrec.models.diffurecsys:DiffuRecSysMB",
 }
 
 
@@ -47,10 +51,20 @@ def get_model_class(name):
     raise UnknownModelError(f"Unknown model '{name}'. Valid models: {', '.join(model_names())}")
 
 
-def model_config_file(name):
-    """mbrec's YAML for a model, or None (RecBole's own YAML still applies underneath)."""
-    path = PROPERTIES_DIR / "model" / f"{name}.yaml"
-    return path if path.is_file() else None
+def model_config_files(name):
+    """mbrec's YAMLs for a model, base class first (RecBole's own YAML still applies underneath).
+
+    A model class that specialises another (``DiffuRec`` of ``DiffuRecSys``, a paper variant)
+    inherits the base class's YAML and only states what differs in its own.
+    """
+    try:
+        lineage = [cls.__name__ for cls in reversed(get_model_class(name).__mro__)]
+    except UnknownModelError:
+        lineage = [name]
+    if lineage[-1] != name:  # a registry alias: its own YAML comes last
+        lineage.append(name)
+    paths = [PROPERTIES_DIR / "model" / f"{cls_name}.yaml" for cls_name in dict.fromkeys(lineage)]
+    return [path for path in paths if path.is_file()]
 
 
 def dataset_names():

@@ -1,0 +1,187 @@
+"""Gaussian diffusion shared by every diffusion model in mbrec (DiffuRec/DiffuRecSys, FatsMB, M3BSR).
+
+Notation follows Ho et al. (DDPM, NeurIPS 2020): ``beta_t`` the noise schedule, ``alpha_t = 1 -
+beta_t``, ``alpha_bar_t = prod_{s<=t} alpha_s``. Steps are 0-indexed here: ``t = 0`` is the least
+noisy step, ``t = T - 1`` the noisiest, and ``alpha_bar_{-1} = 1``.
+
+- forward noising  q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)          (DDPM Eq. 4)
+- posterior        q(x_{t-1} | x_t, x_0) = N(mu_tilde, beta_tilde I)                       (DDPM Eq. 6-7)
+- ancestral sampling step from a predicted x_0 (DiffuRec's reverse phase)
+- deterministic DDIM step (Song et al., ICLR 2021, Eq. 12 with eta = 0) over a strided subset
+  of steps (FatsMB's sampler)
+- offset noise (DiffuRecSys Eq. 17): the training noise has a per-sample constant added to
+  every dimension, so the model also learns to remove a shift of the mean
+
+The schedules are the ones the reference implementations use; ``beta_schedule`` documents where
+each comes from.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+# Constants of the published schedules (not tuning knobs).
+DDPM_LINEAR_BETA_START = 1e-4      # Ho et al.: linear from 1e-4 to 0.02 over 1000 steps
+DDPM_LINEAR_BETA_END = 0.02
+DDPM_REFERENCE_STEPS = 1000
+TRUNC_LINEAR_OFFSET = 0.01         # Diffusion-LM / DiffuRec "trunc_lin": linear schedule + 0.01
+COSINE_OFFSET = 0.008              # Nichol & Dhariwal's s
+MAX_BETA = 0.999                   # clip so that alpha_t never reaches 0
+
+
+def beta_schedule(name, n_steps, beta_min=0.1, beta_max=10.0):
+    """Noise schedule ``beta_0 .. beta_{T-1}`` as a float64 tensor.
+
+    - ``linear``: DDPM's linear schedule, rescaled to ``n_steps`` (1e-4..0.02 at T=1000).
+    - ``trunc_linear``: the same plus 0.01, i.e. never (almost) noise-free; DiffuRec's default,
+      inherited from Diffusion-LM. At T = 32 it runs from 0.0131 to 0.635.
+    - ``cosine``: Nichol & Dhariwal (ICML 2021).
+    - ``exp``: the discretised variance-preserving SDE with ``beta(s)`` rising linearly from
+      ``beta_min`` to ``beta_max`` (DreamRec's and FatsMB's code, beta_min 0.1, beta_max 10):
+      ``beta_t = 1 - exp(-beta_min / T - (beta_max - beta_min) (2t + 1) / (2 T^2))``.
+    """
+    if n_steps < 1:
+        raise ValueError(f"diffusion needs at least one step, got {n_steps}")
+    steps = torch.arange(n_steps, dtype=torch.float64)
+    scale = DDPM_REFERENCE_STEPS / n_steps
+    if name == "linear":
+        betas = torch.linspace(scale * DDPM_LINEAR_BETA_START, scale * DDPM_LINEAR_BETA_END, n_steps,
+                               dtype=torch.float64)
+    elif name == "trunc_linear":
+        betas = torch.linspace(scale * DDPM_LINEAR_BETA_START + TRUNC_LINEAR_OFFSET,
+                               scale * DDPM_LINEAR_BETA_END + TRUNC_LINEAR_OFFSET, n_steps, dtype=torch.float64)
+    elif name == "cosine":
+        def alpha_bar(u):
+            return torch.cos((u / n_steps + COSINE_OFFSET) / (1 + COSINE_OFFSET) * math.pi / 2) ** 2
+        betas = 1 - alpha_bar(steps + 1) / alpha_bar(steps)
+    elif name == "exp":
+        betas = 1 - torch.exp(-beta_min / n_steps - (beta_max - beta_min) * (2 * steps + 1) / (2 * n_steps ** 2))
+    else:
+        raise ValueError(f"Unknown beta schedule '{name}'; use linear, trunc_linear, cosine or exp")
+    return betas.clamp(max=MAX_BETA)
+
+
+def timestep_embedding(steps, dim, max_period=10000.0):
+    """Sinusoidal embedding of (possibly rescaled) step indices: ``[B] -> [B, dim]``."""
+    half = dim // 2
+    frequencies = torch.exp(-math.log(max_period) * torch.arange(half, device=steps.device, dtype=torch.float32) / half)
+    angles = steps.float().unsqueeze(-1) * frequencies  # [B, half]
+    embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+    if dim % 2:
+        embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+    return embedding
+
+
+class TimestepEncoder(nn.Module):
+    """Sinusoidal step embedding followed by an MLP (``d -> 4d -> SiLU -> d``, as in DDPM/DiffuRec).
+
+    ``step_scale`` multiplies the step index before the sinusoid, so a short chain (DiffuRec's
+    T = 32) spreads over the same frequency range as a 1000-step one.
+    """
+
+    def __init__(self, dim, step_scale=1.0, expansion=4):
+        super().__init__()
+        self.dim = dim
+        self.step_scale = step_scale
+        self.mlp = nn.Sequential(nn.Linear(dim, expansion * dim), nn.SiLU(), nn.Linear(expansion * dim, dim))
+
+    def forward(self, steps):
+        return self.mlp(timestep_embedding(steps * self.step_scale, self.dim))
+
+
+def _gather(values, steps, like):
+    """``values[steps]`` shaped to broadcast against ``like`` ([B] -> [B, 1, ..., 1])."""
+    out = values.to(like.device)[steps].to(like.dtype)
+    return out.view(-1, *([1] * (like.dim() - 1)))
+
+
+class GaussianDiffusion(nn.Module):
+    """Closed-form quantities of a DDPM chain; holds buffers only, no parameters."""
+
+    def __init__(self, betas):
+        super().__init__()
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        alphas = 1 - betas
+        alpha_bar = torch.cumprod(alphas, dim=0)
+        alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+        posterior_variance = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
+        self.n_steps = len(betas)
+        buffers = {
+            "betas": betas,
+            "alpha_bar": alpha_bar,
+            "alpha_bar_prev": alpha_bar_prev,
+            "sqrt_alpha_bar": alpha_bar.sqrt(),
+            "sqrt_one_minus_alpha_bar": (1 - alpha_bar).sqrt(),
+            "posterior_variance": posterior_variance,
+            # mu_tilde = coef_x0 * x_0 + coef_xt * x_t
+            "posterior_coef_x0": betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
+            "posterior_coef_xt": (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
+        }
+        for name, value in buffers.items():  # float32 buffers: they move with .to(device)
+            self.register_buffer(name, value.float(), persistent=False)
+
+    def sample_steps(self, batch_size, device, generator=None):
+        """Uniform training steps ``t ~ U{0, ..., T-1}``."""
+        return torch.randint(0, self.n_steps, (batch_size,), device=device, generator=generator)
+
+    def q_sample(self, x0, steps, noise):
+        """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) noise."""
+        return _gather(self.sqrt_alpha_bar, steps, x0) * x0 + _gather(self.sqrt_one_minus_alpha_bar, steps, x0) * noise
+
+    def posterior(self, x0, xt, steps):
+        """Mean and variance of q(x_{t-1} | x_t, x_0)."""
+        mean = _gather(self.posterior_coef_x0, steps, xt) * x0 + _gather(self.posterior_coef_xt, steps, xt) * xt
+        return mean, _gather(self.posterior_variance, steps, xt)
+
+    def predict_x0_from_noise(self, xt, steps, noise):
+        return (xt - _gather(self.sqrt_one_minus_alpha_bar, steps, xt) * noise) / _gather(self.sqrt_alpha_bar, steps, xt)
+
+    def predict_noise_from_x0(self, xt, steps, x0):
+        return (xt - _gather(self.sqrt_alpha_bar, steps, xt) * x0) / _gather(self.sqrt_one_minus_alpha_bar, steps, xt)
+
+    def ancestral_step(self, x0_hat, xt, steps, noise=None):
+        """x_{t-1} ~ q(x_{t-1} | x_t, x0_hat): posterior mean + posterior std * noise (none at t = 0).
+
+        DiffuRecSys' Eq. 22 writes the variance ``beta_tilde`` as the noise scale; a Gaussian with
+        variance ``beta_tilde`` has standard deviation ``sqrt(beta_tilde)``, which is what DDPM and
+        DiffuRec's code use, and what this does.
+        """
+        mean, variance = self.posterior(x0_hat, xt, steps)
+        if noise is None:
+            noise = torch.randn_like(xt)
+        not_last = (steps > 0).to(xt.dtype).view(-1, *([1] * (xt.dim() - 1)))
+        return mean + not_last * variance.sqrt() * noise
+
+    def ddim_step(self, x0_hat, xt, steps, prev_steps):
+        """Deterministic DDIM update (eta = 0) from step ``t`` to ``prev_steps`` (< t; -1 = clean)."""
+        noise_hat = self.predict_noise_from_x0(xt, steps, x0_hat)
+        alpha_bar_prev = torch.where(prev_steps >= 0, self.alpha_bar[prev_steps.clamp(min=0)],
+                                     torch.ones_like(self.alpha_bar[0]).expand(prev_steps.shape))
+        alpha_bar_prev = alpha_bar_prev.to(xt.dtype).view(-1, *([1] * (xt.dim() - 1)))
+        return alpha_bar_prev.sqrt() * x0_hat + (1 - alpha_bar_prev).sqrt() * noise_hat
+
+    def ddim_schedule(self, skip):
+        """Steps visited by a strided DDIM sampler, noisiest first: T-1, T-1-skip, ..., and their successors."""
+        if skip < 1:
+            raise ValueError(f"DDIM step skip must be >= 1, got {skip}")
+        visited = list(range(self.n_steps - 1, -1, -skip))
+        return list(zip(visited, visited[1:] + [-1]))
+
+
+def offset_noise(shape, scale, delta=None, device=None, generator=None):
+    """Standard normal noise plus ``scale * delta`` on every dimension of a sample (DiffuRecSys Eq. 17).
+
+    ``delta`` is the per-sample constant delta_c: ``None`` draws one N(0, 1) value per sample (the
+    offset-noise recipe of image diffusion, so each sample's noise is shifted by its own amount);
+    a number uses that constant for every sample, giving noise ~ N(scale * delta, I).
+    """
+    noise = torch.randn(shape, device=device, generator=generator)
+    if scale == 0:
+        return noise
+    per_sample = (shape[0],) + (1,) * (len(shape) - 1)
+    if delta is None:
+        shift = torch.randn(per_sample, device=device, generator=generator)
+    else:
+        shift = torch.full(per_sample, float(delta), device=device)
+    return noise + scale * shift
