@@ -128,7 +128,7 @@ def test_output_ignores_padded_history_positions(tmp_path, model):
     item_seq, lengths = batch[network.ITEM_SEQ], batch[network.ITEM_SEQ_LEN]
     assert bool((lengths < item_seq.size(1)).any())  # some rows have padding to disturb
     x_t, steps = torch.randn(len(lengths), 16), torch.full((len(lengths),), 3)
-    lambdas = network.sample_lambda((len(lengths), item_seq.size(1), 16), "cpu")
+    lambdas = network.sample_lambda(network.history_embedding(batch).shape, "cpu")
 
     def x0_hat(interaction):
         return network.approximate_x0(network.history_embedding(interaction), network.padding_mask(interaction),

@@ -1,0 +1,111 @@
+"""Per-batch training and sampling cost of the diffusion models, on a real prepared dataset.
+
+Times ``--batches`` training steps (forward + backward + Adam) and the full reverse chain used
+by the evaluator (``full_sort_predict`` on one eval batch) for each model, with the models'
+own YAML settings unless overridden, and prints seconds per batch, the extrapolated seconds
+per training epoch and per full evaluation of one split, parameters and peak memory (CUDA
+peak allocated on a GPU, process peak RSS on CPU).
+
+Usage:
+    python benchmarks/diffusion_speed.py --dataset amazon_beauty [--models DiffuRec DiffuRecSys]
+        [--device cuda] [--batches 5] [key=value ...]
+"""
+
+import argparse
+import os
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import torch  # noqa: E402
+
+from mbrec import registry  # noqa: E402
+from mbrec.benchmark.runner import prepare_data, resolve_device  # noqa: E402
+from mbrec.config import build_config, merge_layers, parse_overrides  # noqa: E402
+from mbrec.data.dataset import MultiBehaviorSequentialDataset, SequenceLoader  # noqa: E402
+from mbrec.benchmark.trainer import build_optimizer  # noqa: E402
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def time_model(model_name, dataset, overrides, device, n_batches):
+    settings = merge_layers(model_name, dataset, overrides=overrides)
+    _, dataset_dir = prepare_data(dataset, settings)
+    settings["show_progress"] = False
+    config = build_config(registry.get_model_class(model_name), dataset_dir, settings)
+    config["device"] = device
+    train, _, test = MultiBehaviorSequentialDataset(config).build()
+    model = registry.get_model_class(model_name)(config, train).to(device)
+    optimizer = build_optimizer(config, model.parameters())
+    loader = iter(SequenceLoader(config, train, config["train_batch_size"], shuffle=True, training=True))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    model.train()
+    seconds = []
+    for _ in range(n_batches + 1):  # the first batch warms up kernels and allocators
+        batch = next(loader).to(device)
+        synchronize(device)
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        model.calculate_loss(batch).backward()
+        optimizer.step()
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    train_batch = sum(seconds[1:]) / n_batches
+
+    model.eval()
+    eval_loader = iter(SequenceLoader(config, test, config["eval_batch_size"], shuffle=False, training=False))
+    batch = next(eval_loader).to(device)
+    synchronize(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.full_sort_predict(batch)
+    synchronize(device)
+    eval_batch = time.perf_counter() - start
+    n_train_batches = -(-len(train.target_rows) // config["train_batch_size"])
+    n_eval_batches = -(-len(test.target_rows) // config["eval_batch_size"])
+    return {
+        "model": model_name,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_s_per_batch": train_batch,
+        "train_s_per_epoch": train_batch * n_train_batches,
+        "eval_s_per_batch": eval_batch,
+        "eval_s_per_split": eval_batch * n_eval_batches,
+        "peak_mb": peak_memory_mb(device),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="amazon_beauty")
+    parser.add_argument("--models", nargs="+", default=["DiffuRec", "DiffuRecSysV1", "DiffuRecSys"])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batches", type=int, default=5)
+    args, rest = parser.parse_known_args()
+    overrides = parse_overrides(rest)
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    print(f"dataset {args.dataset}, device {device}, overrides {overrides or 'none'}")
+    print(f"{'model':<16}{'params':>10}{'train s/batch':>15}{'train s/epoch':>15}{'eval s/batch':>14}"
+          f"{'eval s/split':>14}{'peak MB':>10}")
+    for name in args.models:
+        row = time_model(name, args.dataset, overrides, device, args.batches)
+        print(f"{row['model']:<16}{row['parameters']:>10,}{row['train_s_per_batch']:>15.3f}"
+              f"{row['train_s_per_epoch']:>15.1f}{row['eval_s_per_batch']:>14.3f}{row['eval_s_per_split']:>14.1f}"
+              f"{row['peak_mb']:>10.0f}")
+
+
+if __name__ == "__main__":
+    main()
