@@ -81,6 +81,15 @@ def test_ancestral_step_adds_no_noise_at_the_last_step():
     assert torch.allclose(out, x0_hat, atol=1e-5)  # posterior mean at t=0 is x0_hat itself
 
 
+def test_ancestral_step_noise_scale_follows_the_variance_choice():
+    diffusion = GaussianDiffusion(beta_schedule("trunc_linear", 32))
+    x0_hat, x_t, noise, steps = torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), torch.tensor([5])
+    posterior = diffusion.ancestral_step(x0_hat, x_t, steps, noise=noise, variance="posterior")
+    beta = diffusion.ancestral_step(x0_hat, x_t, steps, noise=noise, variance="beta")
+    assert posterior.item() == pytest.approx(diffusion.posterior_variance[5].sqrt().item())
+    assert beta.item() == pytest.approx(diffusion.betas[5].sqrt().item())
+
+
 def test_offset_noise_has_the_configured_mean():
     torch.manual_seed(3)
     fixed = offset_noise((N_SAMPLES, 4), scale=0.1, delta=2.0)

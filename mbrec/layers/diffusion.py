@@ -140,14 +140,21 @@ class GaussianDiffusion(nn.Module):
     def predict_noise_from_x0(self, xt, steps, x0):
         return (xt - _gather(self.sqrt_alpha_bar, steps, xt) * x0) / _gather(self.sqrt_one_minus_alpha_bar, steps, xt)
 
-    def ancestral_step(self, x0_hat, xt, steps, noise=None):
-        """x_{t-1} ~ q(x_{t-1} | x_t, x0_hat): posterior mean + posterior std * noise (none at t = 0).
+    def ancestral_step(self, x0_hat, xt, steps, noise=None, variance="posterior"):
+        """x_{t-1} = posterior mean + sigma_t * noise, no noise at t = 0 (DDPM Algorithm 2).
 
-        DiffuRecSys' Eq. 22 writes the variance ``beta_tilde`` as the noise scale; a Gaussian with
-        variance ``beta_tilde`` has standard deviation ``sqrt(beta_tilde)``, which is what DDPM and
-        DiffuRec's code use, and what this does.
+        ``variance``: ``posterior`` (sigma_t^2 = beta_tilde_t, DiffuRecSys Eq. 22) or ``beta``
+        (sigma_t^2 = beta_t, DDPM's other choice, which DiffuRec's code uses). Eq. 22 writes
+        ``beta_tilde`` itself as the noise scale; a Gaussian with that variance has standard
+        deviation ``sqrt(beta_tilde)``, which is what this uses.
         """
-        mean, variance = self.posterior(x0_hat, xt, steps)
+        mean, posterior_variance = self.posterior(x0_hat, xt, steps)
+        if variance == "posterior":
+            variance = posterior_variance
+        elif variance == "beta":
+            variance = _gather(self.betas, steps, xt)
+        else:
+            raise ValueError(f"variance must be 'posterior' or 'beta', got '{variance}'")
         if noise is None:
             noise = torch.randn_like(xt)
         not_last = (steps > 0).to(xt.dtype).view(-1, *([1] * (xt.dim() - 1)))

@@ -46,13 +46,15 @@ from recbole.utils import InputType
 from mbrec.layers.diffusion import GaussianDiffusion, TimestepEncoder, beta_schedule, offset_noise
 
 FFN_EXPANSION = 4                   # Transformer feed-forward width = 4 * hidden (Vaswani et al.)
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+ITEM_EMBEDDING_INITS = ("normal", "xavier")
 REFERENCE_STEPS = 1000.0            # the step index is rescaled to 1000/T units for the sinusoid
 
 
 class ApproximatorBlock(nn.Module):
     """Pre-LN Transformer block, optionally preceded by cross-attention from the guidance."""
 
-    def __init__(self, hidden_size, n_heads, dropout_prob, cross_attention):
+    def __init__(self, hidden_size, n_heads, dropout_prob, cross_attention, activation):
         super().__init__()
         self.cross_attention = (nn.MultiheadAttention(hidden_size, n_heads, dropout=dropout_prob, batch_first=True)
                                 if cross_attention else None)
@@ -60,7 +62,7 @@ class ApproximatorBlock(nn.Module):
         self.self_norm = nn.LayerNorm(hidden_size)
         self.self_attention = nn.MultiheadAttention(hidden_size, n_heads, dropout=dropout_prob, batch_first=True)
         self.ffn_norm = nn.LayerNorm(hidden_size)
-        self.ffn = nn.Sequential(nn.Linear(hidden_size, FFN_EXPANSION * hidden_size), nn.ReLU(),
+        self.ffn = nn.Sequential(nn.Linear(hidden_size, FFN_EXPANSION * hidden_size), ACTIVATIONS[activation](),
                                  nn.Dropout(dropout_prob), nn.Linear(FFN_EXPANSION * hidden_size, hidden_size))
         self.dropout = nn.Dropout(dropout_prob)
 
@@ -93,8 +95,11 @@ class DiffuRecSys(SequentialRecommender):
         self.use_cross_attention = bool(config["cross_attention"])
         self.offset_noise_scale = float(config["offset_noise_scale"] or 0.0)
         self.offset_noise_delta = config["offset_noise_delta"]
+        self.reverse_variance = config["reverse_variance"]
         self.sampler = config["sampler"]
         self.ddim_skip = config["ddim_skip"]
+        if config["hidden_act"] not in ACTIVATIONS:
+            raise ValueError(f"hidden_act must be one of {sorted(ACTIVATIONS)}, got '{config['hidden_act']}'")
         if self.sampler not in ("ancestral", "ddim"):
             raise ValueError(f"sampler must be 'ancestral' or 'ddim', got '{self.sampler}'")
 
@@ -104,15 +109,22 @@ class DiffuRecSys(SequentialRecommender):
         self.timestep_encoder = TimestepEncoder(hidden, step_scale=REFERENCE_STEPS / self.n_steps)
         self.diffusion = GaussianDiffusion(beta_schedule(config["beta_schedule"], self.n_steps))
         self.blocks = nn.ModuleList(
-            ApproximatorBlock(hidden, config["n_heads"], config["hidden_dropout_prob"], self.use_cross_attention)
+            ApproximatorBlock(hidden, config["n_heads"], config["hidden_dropout_prob"], self.use_cross_attention,
+                              config["hidden_act"])
             for _ in range(config["n_layers"]))
         self.output_dropout = nn.Dropout(config["hidden_dropout_prob"])
         self.output_norm = nn.LayerNorm(hidden)
-        # Xavier initialisation (DiffuRecSys §6.2), RecBole's version: embeddings and linear maps.
-        # It leaves item embeddings far smaller than the unit noise; a N(0, 1) item table instead
-        # starts the cross-entropy near 50 (measured on amazon_beauty, first batch).
+        # Xavier for the Transformer (DiffuRecSys §6.2). DiffuRec's code keeps PyTorch's N(0, 1)
+        # item table ("normal"), which puts x_0 on the scale of the unit noise (and starts the
+        # cross-entropy near 50 at d=128); "xavier" shrinks it far below the noise.
+        if config["item_embedding_init"] not in ITEM_EMBEDDING_INITS:
+            raise ValueError(f"item_embedding_init must be one of {ITEM_EMBEDDING_INITS}, "
+                             f"got '{config['item_embedding_init']}'")
+        item_table = self.item_embedding.weight.detach().clone()
         self.apply(xavier_normal_initialization)
         with torch.no_grad():
+            if config["item_embedding_init"] == "normal":
+                self.item_embedding.weight.copy_(item_table)
             self.item_embedding.weight[0].zero_()
 
     # ----- pieces shared by training and sampling -----------------------------------------------
@@ -197,7 +209,7 @@ class DiffuRecSys(SequentialRecommender):
             steps = torch.full((batch_size,), step, device=history.device, dtype=torch.long)
             x0_hat = self.approximate_x0(history, padding_mask, x_t, self.step_condition(steps), behavior)
             if self.sampler == "ancestral":
-                x_t = self.diffusion.ancestral_step(x0_hat, x_t, steps)
+                x_t = self.diffusion.ancestral_step(x0_hat, x_t, steps, variance=self.reverse_variance)
             else:
                 x_t = self.diffusion.ddim_step(x0_hat, x_t, steps, torch.full_like(steps, prev_step))
         return x_t
