@@ -14,6 +14,7 @@ from torch import nn
 from recbole.model.sequential_recommender.sasrec import SASRec
 
 from baselines import PredictFromFullSort
+from mbrec.layers.behavior import MultiBehaviorEmbedding
 
 
 class SASRec_MB(PredictFromFullSort, SASRec):
@@ -23,46 +24,29 @@ class SASRec_MB(PredictFromFullSort, SASRec):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.BEHAVIOR = config["BEHAVIOR_FIELD"]
-        self.BEHAVIOR_SEQ = self.BEHAVIOR + config["LIST_SUFFIX"]
-        self.behavior_dropout_prob = config["behavior_dropout_prob"]
-        n_behaviors = dataset.n_behaviors  # id 0 = padding / unknown
-        self.behavior_embedding = nn.Embedding(n_behaviors, self.hidden_size, padding_idx=0)
-        self.asked_behavior_embedding = nn.Embedding(n_behaviors, self.hidden_size, padding_idx=0)
+        self.behaviors = MultiBehaviorEmbedding(config, dataset.n_behaviors, self.hidden_size)
         # The query must depend on (history, asked behavior) jointly -- e.g. "buy" means "the item
         # carted last", not a fixed item bias -- so the two are fused by an MLP, not just added.
         self.query_fusion = nn.Sequential(nn.Linear(2 * self.hidden_size, self.inner_size), nn.GELU(),
                                           nn.Linear(self.inner_size, self.hidden_size))
         self.apply(self._init_weights)
-        with torch.no_grad():  # padding_idx rows must stay zero after the normal init
-            self.behavior_embedding.weight[0].zero_()
-            self.asked_behavior_embedding.weight[0].zero_()
+        self.behaviors.zero_padding()
 
-    def encode(self, interaction, asked_behavior):
+    def encode(self, interaction):
         item_seq = interaction[self.ITEM_SEQ]  # [B, L]
         positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)  # [1, L]
-        hidden = (self.item_embedding(item_seq) + self.behavior_embedding(interaction[self.BEHAVIOR_SEQ])
+        hidden = (self.item_embedding(item_seq) + self.behaviors.history_embedding(interaction)
                   + self.position_embedding(positions))  # [B, L, H]
         hidden = self.dropout(self.LayerNorm(hidden))
         attention_mask = self.get_attention_mask(item_seq)
         output = self.trm_encoder(hidden, attention_mask, output_all_encoded_layers=True)[-1]
         last = self.gather_indexes(output, interaction[self.ITEM_SEQ_LEN] - 1)  # [B, H]
-        asked = self.asked_behavior_embedding(asked_behavior)  # [B, H]; zeros when told nothing
+        asked = self.behaviors.asked_embedding(interaction)  # [B, H]; zeros when told nothing
         return last + self.query_fusion(torch.cat([last, asked], dim=-1))  # [B, H]
 
-    def _asked(self, interaction):
-        if self.BEHAVIOR in interaction:
-            return interaction[self.BEHAVIOR]
-        return torch.zeros_like(interaction[self.ITEM_SEQ_LEN])  # told nothing
-
     def calculate_loss(self, interaction):
-        asked = interaction[self.BEHAVIOR]
-        if self.training and self.behavior_dropout_prob > 0:
-            hide = torch.rand(asked.shape, device=asked.device) < self.behavior_dropout_prob
-            asked = torch.where(hide, torch.zeros_like(asked), asked)
-        seq_output = self.encode(interaction, asked)
-        logits = seq_output @ self.item_embedding.weight.T  # [B, n_items]
+        logits = self.encode(interaction) @ self.item_embedding.weight.T  # [B, n_items]
         return self.loss_fct(logits, interaction[self.POS_ITEM_ID])
 
     def full_sort_predict(self, interaction):
-        return self.encode(interaction, self._asked(interaction)) @ self.item_embedding.weight.T  # [B, n_items]
+        return self.encode(interaction) @ self.item_embedding.weight.T  # [B, n_items]

@@ -43,6 +43,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.init import xavier_normal_initialization
 from recbole.utils import InputType
 
+from mbrec.layers.behavior import MultiBehaviorEmbedding
 from mbrec.layers.diffusion import GaussianDiffusion, TimestepEncoder, beta_schedule, offset_noise
 
 FFN_EXPANSION = 4                   # Transformer feed-forward width = 4 * hidden (Vaswani et al.)
@@ -233,32 +234,18 @@ class DiffuRecSysMB(DiffuRecSys):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.BEHAVIOR = config["BEHAVIOR_FIELD"]
-        self.BEHAVIOR_SEQ = self.BEHAVIOR + config["LIST_SUFFIX"]
-        self.behavior_dropout_prob = config["behavior_dropout_prob"]
-        n_behaviors = dataset.n_behaviors  # id 0 = padding / unknown
-        self.behavior_embedding = nn.Embedding(n_behaviors, self.hidden_size, padding_idx=0)
-        self.asked_behavior_embedding = nn.Embedding(n_behaviors, self.hidden_size, padding_idx=0)
-        xavier_normal_initialization(self.behavior_embedding)
-        xavier_normal_initialization(self.asked_behavior_embedding)
-        with torch.no_grad():
-            self.behavior_embedding.weight[0].zero_()
-            self.asked_behavior_embedding.weight[0].zero_()
+        self.behaviors = MultiBehaviorEmbedding(config, dataset.n_behaviors, self.hidden_size)
+        self.behaviors.apply(xavier_normal_initialization)
+        self.behaviors.zero_padding()
 
     def history_embedding(self, interaction):
-        tokens = (self.item_embedding(self.window(interaction, self.ITEM_SEQ))
-                  + self.behavior_embedding(self.window(interaction, self.BEHAVIOR_SEQ)))
+        length = int(interaction[self.ITEM_SEQ_LEN].max())
+        tokens = self.item_embedding(self.window(interaction, self.ITEM_SEQ)) + self.behaviors.history_embedding(
+            interaction, length)
         return self.input_norm(self.embedding_dropout(tokens))
 
     def asked_behavior(self, interaction):
-        if self.BEHAVIOR in interaction:
-            asked = interaction[self.BEHAVIOR]
-        else:
-            return torch.zeros_like(interaction[self.ITEM_SEQ_LEN])  # told nothing
-        if self.training and self.behavior_dropout_prob > 0:
-            hide = torch.rand(asked.shape, device=asked.device) < self.behavior_dropout_prob
-            asked = torch.where(hide, torch.zeros_like(asked), asked)
-        return asked
+        return self.behaviors.asked_behavior(interaction)
 
     def behavior_condition(self, asked_behavior):
-        return self.asked_behavior_embedding(asked_behavior)  # [B, H]; zeros when told nothing
+        return self.behaviors.asked(asked_behavior)  # [B, H]; zeros when told nothing
