@@ -34,7 +34,7 @@ def sweep(tmp_path, model, grid, **kwargs):
     overrides = kwargs.pop("overrides", TINY)
     return tune.sweep(model, "synthetic", grid=grid, overrides=overrides, epochs=kwargs.pop("epochs", 2),
                       cache_dir=tmp_path / "cache", results_dir=tmp_path / "results", device="cpu",
-                      cli_options={"scheduler": "fifo", **kwargs.pop("cli_options", {})}, **kwargs)
+                      cli_options=kwargs.pop("cli_options", {}), **kwargs)  # ASHA: stops trials at max_t
 
 
 def reported_scores(trial):

@@ -34,12 +34,12 @@ from pathlib import Path
 from mbrec import registry
 from mbrec.benchmark import results as store
 from mbrec.benchmark.runner import LOG_FORMAT, USER_ERRORS, _RunLog, prepare_data, run, setup_run
-from mbrec.benchmark.search_space import (CHOICE, GRID, LOGUNIFORM, QUNIFORM, UNIFORM, SearchSpace,
+from mbrec.benchmark.search_space import (CHOICE, GRID, LOGUNIFORM, QUNIFORM, UNIFORM, Param, SearchSpace,
                                           check_names, default_grid_file, load_search_space, nested,
                                           sweep_defaults, with_ties)
 from mbrec.benchmark.trainer import Trainer
 from mbrec.config import ConfigError, build_config, deep_update, merge_layers, parse_overrides
-from mbrec.utils import REPO_DIR, atomic_path, write_json_atomic
+from mbrec.utils import REPO_DIR, atomic_path, data_dir, write_json_atomic
 
 logger = logging.getLogger("mbrec")
 
@@ -62,9 +62,10 @@ SPEC_VERSION = 1
 NAME_HASH_LENGTH = 8
 OPTION_KEYS = ("num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "scheduler", "grace_period",
                "reduction_factor", "max_failures", "local_num_cpus")
+SAMPLING_OPTION_KEYS = ("num_samples", "scheduler", "grace_period", "reduction_factor")
 SCHEDULERS = ("asha", "fifo")
 
-COMPLETED, STOPPED, FAILED, NOT_RUN = "completed", "stopped early", "failed", "not run"
+COMPLETED, STOPPED, FAILED, NOT_RUN = "completed", "stopped early", "failed", "unfinished"
 PLOT_DPI = 120
 PLOT_PANEL_INCHES = 3.6
 # A numeric parameter whose values span this ratio or more is drawn on a log axis.
@@ -146,7 +147,8 @@ def plan_sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=
         "valid_metric": str(settings["valid_metric"]).lower(),
         "valid_task": settings["valid_task"],
         "device": device,
-        "data_path": str(data_path) if data_path else None,
+        # resolved here so that every node reads the driver's path, not its own environment's
+        "data_path": str(data_dir(data_path)) if data_dir(data_path) else None,
         "cache_dir": str(cache_dir) if cache_dir else None,
         "results_dir": str(Path(results_dir or store.default_results_dir()).resolve()),
     }
@@ -156,8 +158,10 @@ def plan_sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=
 
 def default_sweep_name(grid_file, spec):
     """``<grid stem>-<hash>``: the same command names the same sweep, so ``--resume`` finds it."""
-    identity = {key: spec[key] for key in ("model", "dataset", "dataset_dir", "space", "options", "overrides",
-                                          "config_files", "seed")}
+    identity = {key: spec[key] for key in ("model", "dataset", "dataset_dir", "space", "overrides", "config_files",
+                                          "seed")}
+    # Options that change which trials run; resources and retries may differ on --resume.
+    identity["options"] = {key: spec["options"][key] for key in SAMPLING_OPTION_KEYS}
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode("utf-8")).hexdigest()
     return f"{Path(grid_file).stem}-{digest[:NAME_HASH_LENGTH]}"
 
@@ -167,14 +171,9 @@ def sweep_dir_of(spec):
 
 
 def space_of(spec):
-    return SearchSpace({name: _param(name, kind_values) for name, kind_values in spec["space"].items()})
-
-
-def _param(name, kind_values):
-    from mbrec.benchmark.search_space import Param
-
-    (kind, values), = kind_values.items()
-    return Param(name, kind, values)
+    """The spec's search space (stored as ``{name: {kind: values}}``)."""
+    return SearchSpace({name: Param(name, *next(iter(kind_values.items())))
+                        for name, kind_values in spec["space"].items()})
 
 
 def ray_param_space(space):
@@ -254,8 +253,10 @@ def _fit_trial(spec, overrides, chosen, trial_dir, tune):
     checkpoint = trial_dir / CHECKPOINT_NAME
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    fit_summary = trainer.fit(built.train_data, built.valid_data, checkpoint)
-    checkpoint.unlink(missing_ok=True)  # the retrained best config is the product, not trial weights
+    try:
+        fit_summary = trainer.fit(built.train_data, built.valid_data, checkpoint)
+    finally:  # also when the scheduler stops the trial (SystemExit inside tune.report)
+        checkpoint.unlink(missing_ok=True)  # the retrained best config is the product, not trial weights
     write_json_atomic(trial_dir / OUTCOME_FILE, {
         **fit_summary, "params": chosen, "parameters": built.n_parameters,
         "train_seconds": time.perf_counter() - start, "history": trainer.history})
@@ -364,7 +365,7 @@ def collect_trials(experiment_dir, spec):
     """One dict per trial from Ray's saved experiment state and the trial folders.
 
     Keys: ``trial_id``, ``params`` (tied ones included), ``status`` (completed, stopped early,
-    failed, not run), ``best_valid`` (max reported valid metric, None if none), ``validations``,
+    failed, unfinished), ``best_valid`` (max reported valid metric, None if none), ``validations``,
     ``epochs_run``, ``attempts``, ``error`` (first line of the cause), ``log``, ``dir``.
     """
     from ray import tune
@@ -380,8 +381,8 @@ def collect_trials(experiment_dir, spec):
         outcome = trial_dir / OUTCOME_FILE if trial_dir else None
         if trial.status == "ERROR":
             status = FAILED
-        elif outcome is not None and outcome.is_file():
-            status = COMPLETED
+        elif (outcome is not None and outcome.is_file()) or len(scores) >= spec["max_validations"]:
+            status = COMPLETED  # ASHA stops a trial at its last report (max_t), before it writes its outcome
         elif trial.status == "TERMINATED" and scores:
             status = STOPPED
         else:
@@ -477,7 +478,7 @@ def expected_trials(spec):
 def build_summary(spec, trials, best, final=None, final_error=None, unfinished=0):
     """The sweep summary as a JSON-able dict (see :func:`write_summary`).
 
-    ``unfinished`` counts trials not run yet (also those Ray had not created when interrupted);
+    ``unfinished`` counts trials not finished yet (also those Ray had not created when interrupted);
     a summary with ``interrupted: true`` has no retrained best config.
     """
     counts = {status: sum(trial["status"] == status for trial in trials) for status in (COMPLETED, STOPPED, FAILED)}
@@ -636,7 +637,7 @@ def sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=None,
     unfinished = sum(trial["status"] == NOT_RUN for trial in trials) + max(0, expected_trials(spec) - len(trials))
     final, final_error = None, None
     if unfinished:
-        logger.warning(f"{unfinished} trial(s) did not run (interrupted?); continue with --resume")
+        logger.warning(f"{unfinished} trial(s) unfinished (interrupted?); continue with --resume")
     elif best is None:
         logger.error(f"no trial of sweep {spec['name']} produced a valid score; see the trial logs")
     elif retrain:
