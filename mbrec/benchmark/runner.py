@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -71,15 +72,19 @@ def prepare_data(dataset, settings, data_path=None, cache_dir=None):
 
 
 class _RunLog:
-    """Route the root logger (RecBole logs there too) to the run's log file for its duration."""
+    """Route the root logger (RecBole logs there too) to the run's log file for its duration.
 
-    def __init__(self, path):
+    ``mode="a"`` appends (a retried tune trial keeps the log of its failed attempt).
+    """
+
+    def __init__(self, path, mode="w"):
         self.path = path
+        self.mode = mode
         self.handler = None
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handler = logging.FileHandler(self.path, mode="w", encoding="utf-8")
+        self.handler = logging.FileHandler(self.path, mode=self.mode, encoding="utf-8")
         self.handler.setFormatter(logging.Formatter(LOG_FORMAT))
         logging.getLogger().addHandler(self.handler)
         return self
@@ -114,14 +119,23 @@ def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto
                                  log_file)
 
 
-def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key, path, log_file):
+def setup_run(model_class, dataset_dir, settings, seed, device):
+    """Config, data splits and a freshly initialized model for one run, on ``device``.
+
+    Shared by :func:`run` and the Ray Tune trials (``mbrec.benchmark.tune``), so that a
+    trial trains exactly what the runner would.
+
+    Returns:
+        ``types.SimpleNamespace`` with ``config``, ``dataset``, ``train_data``, ``valid_data``,
+        ``test_data``, ``network``, ``n_parameters``, ``data_seconds``, ``device``.
+    """
     from recbole.utils import init_seed
 
     device = resolve_device(device)
     config = build_config(model_class, dataset_dir, settings)
     config["device"] = device
     init_seed(seed, config["reproducibility"])
-    logger.info(f"run {key}: model={model} dataset={dataset_dir.name} seed={seed} device={device}")
+    logger.info(f"model={model_class.__name__} dataset={dataset_dir.name} seed={seed} device={device}")
     logger.info("settings:\n" + "\n".join(f"  {k}: {settings[k]}" for k in sorted(settings)))
 
     start = time.perf_counter()
@@ -135,7 +149,18 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
     init_seed(seed, config["reproducibility"])
     network = model_class(config, train_data).to(device)
     n_parameters = sum(p.numel() for p in network.parameters())
-    logger.info(f"{model}: {n_parameters} parameters")
+    logger.info(f"{model_class.__name__}: {n_parameters} parameters")
+    return SimpleNamespace(config=config, dataset=dataset, train_data=train_data, valid_data=valid_data,
+                           test_data=test_data, network=network, n_parameters=n_parameters,
+                           data_seconds=data_seconds, device=device)
+
+
+def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key, path, log_file):
+    logger.info(f"run {key}: model={model} dataset={dataset_dir.name} seed={seed}")
+    built = setup_run(model_class, dataset_dir, settings, seed, device)
+    config, dataset, network, device = built.config, built.dataset, built.network, built.device
+    train_data, valid_data, test_data = built.train_data, built.valid_data, built.test_data
+    data_seconds, n_parameters = built.data_seconds, built.n_parameters
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -241,6 +266,10 @@ def main(argv=None):
         from mbrec.benchmark.tables import table_main
 
         return table_main(argv[1:])
+    if argv and argv[0] == "tune":  # Ray Tune sweep (optional extra: pip install -e ".[tune]")
+        from mbrec.benchmark.tune import tune_main
+
+        return tune_main(argv[1:])
     parser = build_parser()
     # key=value overrides may sit anywhere, also right after a list option (--models A B lr=1e-3).
     extra = [arg for arg in argv if "=" in arg and not arg.startswith("-")]

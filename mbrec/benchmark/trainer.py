@@ -9,7 +9,9 @@ keeps RecBole's model contract (``calculate_loss`` / ``full_sort_predict``) and 
 plain ``state_dict`` in the run's own directory.
 
 A model that needs a different schedule (e.g. multi-stage training) sets a ``trainer_class``
-attribute naming a subclass of :class:`Trainer`.
+attribute naming a subclass of :class:`Trainer`. Such a subclass that overrides ``fit`` calls
+:meth:`Trainer.notify_validation` after each validation, so that Ray Tune trials
+(``mbrec.benchmark.tune``) see its valid scores epoch by epoch.
 """
 
 import logging
@@ -62,6 +64,8 @@ class Trainer:
         self.clip_grad_norm = config["clip_grad_norm"]
         self.show_progress = bool(config["show_progress"])
         self.history = []  # one dict per epoch: loss, seconds, valid score
+        # Called as callback(entry, best_score, best_epoch) after each validation (tune trials report there).
+        self.validation_callbacks = []
 
     def train_loader(self, train_dataset):
         return SequenceLoader(self.config, train_dataset, self.config["train_batch_size"], shuffle=True,
@@ -86,6 +90,7 @@ class Trainer:
                     bad_validations += 1
                 logger.info(f"epoch {epoch}: loss {loss:.4f}  valid {self.valid_task} {self.valid_metric} "
                             f"{score:.4f}  (best {best_score:.4f} @ {best_epoch})  {entry['train_seconds']:.1f}s")
+                self.notify_validation(entry, best_score, best_epoch)
             self.history.append(entry)
             if bad_validations > self.stopping_step:
                 logger.info(f"early stopping after epoch {epoch}: no valid improvement for "
@@ -93,6 +98,11 @@ class Trainer:
                 break
         self.model.load_state_dict(torch.load(checkpoint_path, map_location=self.device, weights_only=True))
         return {"best_epoch": best_epoch, "best_valid_score": best_score, "epochs_run": len(self.history)}
+
+    def notify_validation(self, entry, best_score, best_epoch):
+        """Hand one validated epoch (its history ``entry``) and the best so far to the callbacks."""
+        for callback in self.validation_callbacks:
+            callback(entry, best_score, best_epoch)
 
     def validate(self, valid_dataset):
         results = self.evaluator.evaluate(self.model, valid_dataset, tasks=[self.valid_task], device=self.device)
@@ -141,9 +151,11 @@ class NoTrainingTrainer(Trainer):
         self.valid_metric = str(config["valid_metric"]).lower()
         self.valid_task = config["valid_task"]
         self.history = []
+        self.validation_callbacks = []
 
     def fit(self, train_dataset, valid_dataset, checkpoint_path):
         score = self.validate(valid_dataset)
         logger.info(f"{type(self.model).__name__} does not train; valid {self.valid_task} "
                     f"{self.valid_metric} {score:.4f}")
+        self.notify_validation({"epoch": None, "loss": None, "valid_score": score}, score, None)
         return {"best_epoch": None, "best_valid_score": score, "epochs_run": 0}
