@@ -127,3 +127,20 @@ def test_recbole_baselines_run_through_the_runner(tmp_path, model):
     result = record["results"]["behavior_specific"]
     assert result["n_users"] == record["data"]["users_after_filter"]
     assert 0.0 <= result["metrics"]["ndcg@10"] <= result["metrics"]["recall@10"] <= 1.0
+
+
+def test_a_failed_run_is_a_marked_hole_with_its_log(tmp_path, capsys):
+    # DiffuRec refuses cross-attention: that run fails inside training setup, Pop still runs
+    code = main(["--models", "Pop", "DiffuRec", "--dataset", "synthetic", "--results-dir", str(tmp_path / "results"),
+                 "--cache-dir", str(tmp_path / "cache"), "--no-progress", "cross_attention=True",
+                 "prepare.size={n_users: 60, n_items: 50, n_categories: 5}"])
+    assert code == 1
+    captured = capsys.readouterr()
+    failed = [line for line in captured.err.splitlines() if line.startswith("FAILED DiffuRec")]
+    assert failed and "(log: " in failed[0]
+    log = failed[0].split("(log: ")[1].rstrip(")")
+    assert "DiffuRec has neither cross-attention" in open(log, encoding="utf-8").read()
+    table = (tmp_path / "results" / "tables" / "behavior_specific.md").read_text(encoding="utf-8")
+    diffurec_row = next(line for line in table.splitlines() if line.startswith("| DiffuRec"))
+    assert "—" in diffurec_row  # the hole is marked, Pop's numbers are there
+    assert any(line.startswith("| Pop") and "0." in line for line in table.splitlines())

@@ -115,8 +115,13 @@ def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto
 
     log_file = store.log_path(results_dir, model, dataset_dir.name, seed, key)
     with _RunLog(log_file):
-        return _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key, path,
-                                 log_file)
+        try:
+            return _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key, path,
+                                     log_file)
+        except Exception as error:
+            logger.error(f"run {key} failed: {type(error).__name__}: {error}", exc_info=True)  # into the run log
+            error.run_log = log_file  # the summary of a multi-run command points at it
+            raise
 
 
 def setup_run(model_class, dataset_dir, settings, seed, device):
@@ -297,11 +302,26 @@ def main(argv=None):
                     logger.error(f"{model} on {dataset} (seed {seed}): {error}")
                     failures.append((model, dataset, seed, error))
                 except Exception as error:  # one failed run must not stop the others
-                    logger.exception(f"{model} on {dataset} (seed {seed}) failed")
+                    if getattr(error, "run_log", None) is None:
+                        logger.exception(f"{model} on {dataset} (seed {seed}) failed")
                     failures.append((model, dataset, seed, error))
     if records:
         print(format_summary(records))
+    if len(records) + len(failures) > 1 and records:
+        write_comparison_tables(records, args)
     for model, dataset, seed, error in failures:
         first_line = str(error).splitlines()[0] if str(error) else ""
-        print(f"FAILED {model} {dataset} seed={seed}: {type(error).__name__}: {first_line}", file=sys.stderr)
+        log = getattr(error, "run_log", None)
+        print(f"FAILED {model} {dataset} seed={seed}: {type(error).__name__}: {first_line}"
+              + (f"  (log: {log})" if log else ""), file=sys.stderr)
     return 1 if failures else 0
+
+
+def write_comparison_tables(records, args):
+    """The comparison table of this command's runs; a failed (model, dataset) is a marked hole."""
+    from mbrec.benchmark.tables import build_table, default_tables_dir, to_markdown, write_tables
+
+    table = build_table(records, models=args.models)
+    print(to_markdown(table))
+    for name, path in write_tables(table, default_tables_dir(args.results_dir)).items():
+        print(f"wrote {name}: {path}")
