@@ -19,12 +19,12 @@ from mbrec import registry
 from mbrec.registry import UnknownModelError
 from mbrec.benchmark import results as store
 from mbrec.benchmark.results import ResultsError
-from mbrec.benchmark.trainer import Trainer
+from mbrec.benchmark.trainer import Trainer, TrainingError
 from mbrec.config import ConfigError, build_config, merge_layers, parse_overrides
 from mbrec.data.dataset import DatasetError, MultiBehaviorSequentialDataset
 from mbrec.data.prepare import LOCATION_KEYS, DataPreparationError, dataset_spec, prepare, read_meta
 from mbrec.evaluation import Evaluator
-from mbrec.utils import REPO_DIR
+from mbrec.utils import REPO_DIR, file_sha256
 
 logger = logging.getLogger("mbrec")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -142,15 +142,17 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
     trainer_class = getattr(model_class, "trainer_class", Trainer)
     trainer = trainer_class(config, network, device)
     start = time.perf_counter()
-    fit_summary = trainer.fit(train_data, valid_data, path.with_suffix(".pth"))
+    checkpoint = path.with_suffix(".pth")
+    fit_summary = trainer.fit(train_data, valid_data, checkpoint)
     train_seconds = time.perf_counter() - start
+    test_lock = _test_lock(checkpoint, config, fit_summary)
 
     start = time.perf_counter()
     tasks = list(config["eval_tasks"])
     valid_results = Evaluator(config).evaluate(network, valid_data, tasks=tasks, device=device)
-    test_results = Evaluator(config).evaluate(network, test_data, tasks=tasks, device=device)
+    test_results = Evaluator(config).evaluate(network, test_data, tasks=tasks, device=device)  # the only time
     eval_seconds = time.perf_counter() - start
-    path.with_suffix(".pth").unlink(missing_ok=True)  # the record is the product; weights are not kept
+    checkpoint.unlink(missing_ok=True)  # the record is the product; weights are not kept (their hash is)
 
     train_epochs = [entry["train_seconds"] for entry in trainer.history]
     record = {
@@ -168,6 +170,7 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
         "results": {task: (result.to_record() if result else None) for task, result in test_results.items()},
         "valid_results": {task: (result.metrics if result else None) for task, result in valid_results.items()},
         "training": fit_summary | {"history": trainer.history},
+        "test_lock": test_lock,
         "efficiency": {
             "parameters": n_parameters,
             "train_seconds": train_seconds,
@@ -187,6 +190,20 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
     store.save_record(path, record)
     logger.info(f"wrote {path}")
     return record
+
+
+def _test_lock(checkpoint, config, fit_summary):
+    """What selected the weights test is evaluated on: their checkpoint's sha256 and the valid score.
+
+    Called after training and before test, so the hash names the weights test is run on.
+    """
+    if not checkpoint.exists():
+        raise TrainingError(f"the trainer left no checkpoint at {checkpoint}; a trainer must write the "
+                            f"selected weights there (see mbrec.benchmark.trainer)")
+    return {"checkpoint_sha256": file_sha256(checkpoint), "selected_on": "valid",
+            "valid_task": config["valid_task"], "valid_metric": str(config["valid_metric"]).lower(),
+            "valid_value": fit_summary.get("best_valid_score"), "selected_epoch": fit_summary.get("best_epoch"),
+            "test_evaluations": 1}
 
 
 def format_summary(records, tasks=("behavior_specific", "target_behavior", "behavior_item", "next_item"),

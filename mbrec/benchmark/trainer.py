@@ -10,6 +10,10 @@ plain ``state_dict`` in the run's own directory.
 
 A model that needs a different schedule (e.g. multi-stage training) sets a ``trainer_class``
 attribute naming a subclass of :class:`Trainer`.
+
+Test lock: ``fit`` sees only the train and valid splits. It must leave the selected weights
+both loaded and written at ``checkpoint_path``; the runner hashes that file (sha256) into the
+record before it evaluates test, once.
 """
 
 import logging
@@ -143,6 +147,9 @@ class NoTrainingTrainer(Trainer):
         self.history = []
 
     def fit(self, train_dataset, valid_dataset, checkpoint_path):
+        # The rule's state is its checkpoint too, so every run's record can name (hash) the
+        # weights its test metrics came from.
+        self._save(checkpoint_path)
         score = self.validate(valid_dataset)
         logger.info(f"{type(self.model).__name__} does not train; valid {self.valid_task} "
                     f"{self.valid_metric} {score:.4f}")
