@@ -231,7 +231,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="run_benchmark.py",
         description="Train and evaluate multi-behavior sequential recommenders under one protocol. "
-                    "`run_benchmark.py table --help` rebuilds comparison tables from stored results.",
+                    "`run_benchmark.py table --help` rebuilds comparison tables from stored results; "
+                    "`run_benchmark.py compare --help` compares two stored runs user by user.",
         epilog="Extra arguments key=value (or --key=value) override any config entry, e.g. "
                "epochs=20 learning_rate=1e-3 prepare.size=medium.")
     parser.add_argument("--model", "--models", dest="models", nargs="+", default=["SASRec"],
@@ -258,6 +259,10 @@ def main(argv=None):
         from mbrec.benchmark.tables import table_main
 
         return table_main(argv[1:])
+    if argv and argv[0] == "compare":  # two stored runs, user by user, no training
+        from mbrec.benchmark.compare import compare_main
+
+        return compare_main(argv[1:])
     parser = build_parser()
     # key=value overrides may sit anywhere, also right after a list option (--models A B lr=1e-3).
     extra = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
