@@ -455,3 +455,10 @@ def test_table_main_split_repeat_writes_both_parts(tmp_path, capsys):
     assert "Benjamini-Hochberg" in split and "Wilcoxon" in split
     rows = list(csv.DictReader(io.StringIO((out_dir / "behavior_specific-new.csv").read_text(encoding="utf-8"))))
     assert {row["part"] for row in rows} == {"new"}
+
+
+def test_sanity_baselines_are_the_first_rows_by_default():
+    records = [make_record(model, {TASK: [0, 1]}) for model in ("Alpha", "Recent", "SASRec", "Pop", "Zeta")]
+    assert build_table(records, metrics=("recall@10",)).baselines == ["Pop", "Recent", "Alpha", "SASRec", "Zeta"]
+    chosen = build_table(records, metrics=("recall@10",), models=["SASRec", "Pop"], proposed=["Zeta"])
+    assert chosen.baselines == ["SASRec", "Pop"] and chosen.proposed == ["Zeta"]

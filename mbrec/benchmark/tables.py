@@ -54,6 +54,8 @@ NA_MARK = "N/A"
 MISSING_MARK = "—"
 UNKNOWN_MARK = "?"
 EMPTY_MARK = "n=0"
+# Rules that do not learn: the first rows of a default table, so every learned model is read against them.
+SANITY_BASELINES = ("Pop", "Recent")
 # Starts the footnote sentence on model selection (the test lock).
 SELECTION_NOTE = "Selected on valid; test evaluated once"
 # At most this many runs are named in one footnote sentence; the rest are counted.
@@ -512,6 +514,13 @@ def _seed_warnings(table, runs_by_model_dataset):
     return warnings
 
 
+def _default_row_order(model):
+    """Sanity baselines first (in :data:`SANITY_BASELINES` order), then the others alphabetically."""
+    if model in SANITY_BASELINES:
+        return 0, SANITY_BASELINES.index(model), ""
+    return 1, 0, model.lower()
+
+
 def build_table(records, task=DEFAULT_TASK, metrics=DEFAULT_METRICS, proposed=(), alpha=DEFAULT_ALPHA,
                 show_std=False, models=None, datasets=None, decimals=DISPLAY_DECIMALS, test=DEFAULT_TEST,
                 correction=DEFAULT_CORRECTION, part=None, confidence=DEFAULT_CONFIDENCE,
@@ -527,8 +536,8 @@ def build_table(records, task=DEFAULT_TASK, metrics=DEFAULT_METRICS, proposed=()
             order, and compared in the "Improve" row); empty = no proposed group, no Improve row.
         alpha: significance level of the star / dagger (after correction).
         show_std: render "mean ± std" (sample std over seeds).
-        models: optional baseline order (default: alphabetical); names not in records are
-            shown as missing rows.
+        models: optional baseline order (default: the sanity baselines Pop and Recent first,
+            then alphabetical); names not in records are shown as missing rows.
         datasets: optional dataset order (default: alphabetical over the records).
         decimals: display precision, also the precision at which ties are decided.
         test: per-user test, one of ``stats.TESTS`` (``"ttest"``, ``"wilcoxon"``).
@@ -550,7 +559,7 @@ def build_table(records, task=DEFAULT_TASK, metrics=DEFAULT_METRICS, proposed=()
     metrics = tuple(metric.lower() for metric in metrics)
     records, problems = _newest_per_run([(f"record {record.get('run_key')}", record) for record in records])
     proposed = [model for model in dict.fromkeys(proposed)]
-    record_models = sorted({record["model"] for record in records}, key=str.lower)
+    record_models = sorted({record["model"] for record in records}, key=_default_row_order)
     baseline_order = list(models) if models else record_models
     baselines = [model for model in dict.fromkeys(baseline_order) if model not in proposed]
     datasets = list(datasets) if datasets else sorted({record["dataset"] for record in records})
