@@ -1,6 +1,7 @@
 """Paths and small I/O helpers shared by every mbrec module."""
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -58,3 +59,16 @@ def write_json_atomic(path, obj):
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(obj, handle, indent=1, sort_keys=True, default=str)
+
+
+# Bytes read at a time when hashing a file (checkpoints can be large).
+HASH_CHUNK_BYTES = 1 << 20
+
+
+def file_sha256(path):
+    """Hex sha256 of a file's content, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(HASH_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

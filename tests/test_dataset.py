@@ -126,3 +126,21 @@ def test_real_retailrocket_split_has_no_target_leakage(tmp_path):
         # heldout: append -> the test item is new to the user (shared README), never in its input
         assert items[target] not in set(items[row_window[:length]])
     assert (valid.target_rows + 1 == test.target_rows).all()  # valid = the row just before test
+
+
+def test_target_in_window_sees_only_the_truncated_window(tmp_path):
+    rows = [
+        ("u", "i7", "view", 1), ("u", "i8", "view", 2), ("u", "i9", "view", 3), ("u", "i7", "buy", 4),
+        ("v", "i1", "view", 1), ("v", "i2", "view", 2), ("v", "i1", "cart", 3), ("v", "i3", "buy", 4),
+    ]
+    # Window 2: u's test target i7 was seen 3 rows back (outside); v's valid target i1 is inside.
+    dataset, (_, valid, test) = build(tmp_path / "short", rows, MAX_ITEM_LIST_LENGTH=2)
+    users = dataset.user_tokens(test.target_rows).tolist()
+    assert dict(zip(users, dataset.target_in_window(test.target_rows).tolist())) == {"u": False, "v": False}
+    valid_users = dataset.user_tokens(valid.target_rows).tolist()
+    assert dict(zip(valid_users, dataset.target_in_window(valid.target_rows).tolist())) == {"u": False, "v": True}
+    # Window 50: u's i7 is in it; chunking gives the same answer as one pass.
+    dataset, (_, _, test) = build(tmp_path / "long", rows)
+    users = dataset.user_tokens(test.target_rows).tolist()
+    assert dict(zip(users, dataset.target_in_window(test.target_rows, chunk_size=1).tolist())) == {
+        "u": True, "v": False}

@@ -144,3 +144,16 @@ def test_wrong_shapes_and_nan_are_reported(split):
 
     with pytest.raises(EvaluationError, match="NaN"):
         Evaluator(config).evaluate(Broken(), test, tasks=["next_item"])
+
+
+def test_repeat_flag_says_whether_the_target_is_in_the_input_window(split):
+    config, dataset, test = split
+    model = Oracle(dataset, test.target_rows, dataset.item_num, pair_scores=True)
+    results = Evaluator(config).evaluate(model, test)
+    # a's test target i3 was viewed and carted before, b's i2 viewed and carted; d's i4 is new.
+    expected = {"a": 1, "b": 1, "d": 0}
+    for task in ("behavior_specific", "next_item", "behavior_item"):
+        per_user = results[task].to_record()["per_user"]
+        assert dict(zip(per_user["user"], per_user["repeat"])) == expected, task
+    per_user = results["target_behavior"].to_record()["per_user"]  # a and d only: their targets are buys
+    assert dict(zip(per_user["user"], per_user["repeat"])) == {"a": 1, "d": 0}

@@ -7,7 +7,9 @@ import pytest
 from scipy import stats as scipy_stats
 
 from mbrec.benchmark.stats import (
-    AlignmentError, align_users, paired_ttest, per_user_values, pooled_user_ttest, seed_ttest,
+    AlignmentError, RepeatFlagsMissing, adjust_pvalues, align_users, bootstrap_ci, effect_size, paired_test,
+    paired_ttest, paired_user_values, per_user_values, pooled_user_test, pooled_user_ttest, seed_ttest,
+    wilcoxon_test,
 )
 
 TASK = "behavior_specific"
@@ -21,11 +23,13 @@ KNOWN_MEAN_DIFFERENCE = 1.2
 TOLERANCE = 1e-9
 
 
-def make_record(users, ranks, model="M", dataset="d", seed=0, task=TASK, heldout="append"):
-    """A minimal record with per-user ranks for one task (enough for the stats helpers)."""
+def make_record(users, ranks, model="M", dataset="d", seed=0, task=TASK, heldout="append", repeat=None):
+    """A minimal record with per-user ranks (and optional repeat flags) for one task."""
+    per_user = {"user": list(users), "rank": list(ranks)}
+    if repeat is not None:
+        per_user["repeat"] = list(repeat)
     return {"model": model, "dataset": dataset, "seed": seed, "heldout": heldout,
-            "results": {task: {"metrics": {}, "n_users": len(users), "note": "",
-                               "per_user": {"user": list(users), "rank": list(ranks)}}}}
+            "results": {task: {"metrics": {}, "n_users": len(users), "note": "", "per_user": per_user}}}
 
 
 def test_paired_ttest_matches_scipy_and_known_values():
@@ -129,3 +133,90 @@ def test_seed_ttest_needs_three_common_seeds():
     expected = scipy_stats.ttest_rel([0.50, 0.61, 0.72], [0.40, 0.52, 0.60])
     assert result.n == 3
     assert result.pvalue == pytest.approx(float(expected.pvalue), abs=TOLERANCE)
+
+
+# Hand-computed corrections (m = 4 tested, one NaN = untested, left out of the family).
+# Sorted raw p: 0.005, 0.01, 0.03, 0.04.
+# Holm: 4*0.005 = 0.02, 3*0.01 = 0.03, 2*0.03 = 0.06, 1*0.04 = 0.04 -> running max 0.02, 0.03, 0.06, 0.06.
+# BH: 4*0.005/1 = 0.02, 4*0.01/2 = 0.02, 4*0.03/3 = 0.04, 4*0.04/4 = 0.04 -> running min from the top: same.
+RAW_P = [0.01, math.nan, 0.04, 0.03, 0.005]
+HOLM_P = [0.03, math.nan, 0.06, 0.06, 0.02]
+BH_P = [0.02, math.nan, 0.04, 0.04, 0.02]
+# BH's step-up lowers 3*0.012/1 = 0.036 to 3*0.02/2 = 0.03; Holm: 0.036, 0.04, max(0.04, 0.04).
+STEP_RAW_P = [0.02, 0.012, 0.04]
+STEP_HOLM_P = [0.04, 0.036, 0.04]
+STEP_BH_P = [0.03, 0.03, 0.04]
+
+
+def test_holm_and_bh_match_hand_computed_values():
+    assert adjust_pvalues(RAW_P, "holm") == pytest.approx(HOLM_P, nan_ok=True)
+    assert adjust_pvalues(RAW_P, "bh") == pytest.approx(BH_P, nan_ok=True)
+    assert adjust_pvalues(STEP_RAW_P, "holm") == pytest.approx(STEP_HOLM_P)
+    assert adjust_pvalues(STEP_RAW_P, "bh") == pytest.approx(STEP_BH_P)
+    assert adjust_pvalues(RAW_P, "none") == pytest.approx(RAW_P, nan_ok=True)
+    assert adjust_pvalues([0.6, 0.7], "holm").tolist() == [1.0, 1.0]  # capped at 1
+    assert adjust_pvalues([], "holm").tolist() == []
+    # scipy's own BH agrees on the tested entries
+    tested = [p for p in RAW_P if not math.isnan(p)]
+    assert adjust_pvalues(tested, "bh") == pytest.approx(scipy_stats.false_discovery_control(tested))
+    with pytest.raises(ValueError):
+        adjust_pvalues(RAW_P, "bonferroni")
+
+
+def test_wilcoxon_matches_scipy_and_handles_degenerate_inputs():
+    rng = np.random.default_rng(3)
+    a, b = rng.random(40), rng.random(40) * 0.8
+    result = wilcoxon_test(a, b)
+    reference = scipy_stats.wilcoxon(a, b)
+    assert result.pvalue == pytest.approx(float(reference.pvalue), abs=TOLERANCE)
+    assert result.test == "wilcoxon" and result.n == 40
+    assert paired_test(a, b, test="wilcoxon") == result
+    assert paired_test(a, b) == paired_ttest(a, b)
+    assert wilcoxon_test(SAMPLE_A, SAMPLE_A).pvalue == 1.0
+    assert math.isnan(wilcoxon_test([1.0], [0.0]).pvalue)
+    with pytest.raises(ValueError):
+        paired_test(a, b, test="sign")
+
+
+BOOTSTRAP_SIMULATIONS = 200
+BOOTSTRAP_USERS = 80
+BOOTSTRAP_RESAMPLES = 1000
+TRUE_DIFFERENCE = 0.05
+
+
+def test_bootstrap_ci_covers_the_true_difference_about_95_percent_of_the_time():
+    rng = np.random.default_rng(12)
+    covered = 0
+    for simulation in range(BOOTSTRAP_SIMULATIONS):
+        baseline = rng.random(BOOTSTRAP_USERS)  # per-user metric of model b
+        a = baseline + TRUE_DIFFERENCE + rng.normal(0.0, 0.2, BOOTSTRAP_USERS)
+        low, high = bootstrap_ci(a - baseline, n_resamples=BOOTSTRAP_RESAMPLES, seed=simulation)
+        covered += low <= TRUE_DIFFERENCE <= high
+    assert 0.90 <= covered / BOOTSTRAP_SIMULATIONS <= 0.99
+
+
+def test_bootstrap_is_seeded_and_effect_size_is_relative_to_b():
+    differences = [0.0, 1.0, 1.0, -1.0, 0.0, 1.0]
+    assert bootstrap_ci(differences, seed=1) == bootstrap_ci(differences, seed=1)
+    assert bootstrap_ci([0.3], seed=1) == (0.3, 0.3)
+    effect = effect_size([1.0, 1.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0])
+    assert effect.mean_difference == pytest.approx(0.5) and effect.relative == pytest.approx(2.0)
+    assert effect.ci_low <= 0.5 <= effect.ci_high and effect.n == 4
+    assert effect_size([1.0, 0.0], [0.0, 0.0]).relative is None  # b scores 0: no relative change
+
+
+def test_parts_pair_only_users_with_the_same_flag_in_both_runs():
+    users = ["u1", "u2", "u3", "u4"]
+    record_a = make_record(users, [0, 20, 0, 20], repeat=[1, 1, 0, 0])
+    # b lists users u4, u3, u2, u1: u1 is new there, u2..u4 repeats; only u2 has a top-10 hit.
+    record_b = make_record(users[::-1], [20, 20, 0, 20], repeat=[1, 1, 1, 0])
+    # u1: repeat in a, new in b -> in no part; u2: repeat in both; u3, u4: new in a, repeat in b -> none
+    repeat_a, repeat_b = paired_user_values({0: record_a}, {0: record_b}, TASK, "recall@10", part="repeat")
+    assert repeat_a.tolist() == [0.0] and repeat_b.tolist() == [1.0]  # u2: rank 20 in a, rank 0 in b
+    new_a, _ = paired_user_values({0: record_a}, {0: record_b}, TASK, "recall@10", part="new")
+    assert new_a.tolist() == []
+    same_flags = make_record(users, [5, 5, 5, 5], repeat=[1, 1, 0, 0])
+    result = pooled_user_test({0: record_a}, {0: same_flags}, TASK, "recall@10", part="new")
+    assert result.n == 2 and result.mean_difference == pytest.approx(0.5 - 1.0)  # u3 hit, u4 miss vs both hit
+    with pytest.raises(RepeatFlagsMissing):
+        paired_user_values({0: record_a}, {0: make_record(users, [0] * 4)}, TASK, "recall@10", part="new")

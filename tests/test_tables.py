@@ -12,8 +12,9 @@ from scipy import stats as scipy_stats
 from mbrec.benchmark.results import record_path, save_record
 from mbrec.benchmark.stats import per_user_values
 from mbrec.benchmark.tables import (
-    MISSING, MISSING_MARK, NA_MARK, NOT_APPLICABLE, VALUE, build_table, collect_records, efficiency_table,
-    efficiency_to_csv, efficiency_to_markdown, table_main, to_csv, to_latex, to_markdown, write_tables,
+    EMPTY, MISSING, MISSING_MARK, NA_MARK, NOT_APPLICABLE, SELECTION_NOTE, UNKNOWN, UNKNOWN_MARK, VALUE, PartCount,
+    build_split_tables, build_table, collect_records, efficiency_table, efficiency_to_csv, efficiency_to_markdown,
+    repeat_counts, split_repeat_to_markdown, table_main, to_csv, to_latex, to_markdown, write_tables,
 )
 from mbrec.evaluation import summarize
 
@@ -31,10 +32,11 @@ def users_for(count):
 
 
 def make_record(model, ranks_by_task, dataset="ds", seed=0, users=None, created=CREATED, heldout="append",
-                note="", efficiency=None):
+                note="", efficiency=None, repeat=None, test_lock=None):
     """A valid run record: ``ranks_by_task[task]`` = per-user ranks, or None for an N/A task.
 
-    Tasks not in ``ranks_by_task`` are absent from the record (not evaluated).
+    Tasks not in ``ranks_by_task`` are absent from the record (not evaluated). ``repeat``:
+    per-user repeat flags stored with every task (None: a record made before flags existed).
     """
     results = {}
     for task, ranks in ranks_by_task.items():
@@ -44,6 +46,8 @@ def make_record(model, ranks_by_task, dataset="ds", seed=0, users=None, created=
         task_users = users or users_for(len(ranks))
         results[task] = {"metrics": summarize(ranks), "n_users": len(ranks), "note": note,
                          "per_user": {"user": list(task_users), "rank": list(ranks)}}
+        if repeat is not None:
+            results[task]["per_user"]["repeat"] = list(repeat)
     return {
         "run_key": hashlib.sha1(f"{model}|{dataset}|{seed}|{created}".encode()).hexdigest()[:KEY_LENGTH],
         "model": model, "dataset": dataset,
@@ -52,6 +56,7 @@ def make_record(model, ranks_by_task, dataset="ds", seed=0, users=None, created=
         "efficiency": efficiency or {"parameters": 1000, "train_seconds": 10.0, "train_seconds_per_epoch": 2.0,
                                      "eval_seconds": 1.0, "peak_cpu_rss_mb": 300.0, "peak_gpu_mb": None,
                                      "device": "cpu"},
+        **({"test_lock": test_lock} if test_lock else {}),
     }
 
 
@@ -329,3 +334,131 @@ def test_table_main_rebuilds_from_stored_results(tmp_path, capsys):
                        "efficiency.csv", "efficiency.md", "efficiency.png"]
     assert (out_dir / "efficiency.png").read_bytes().startswith(b"\x89PNG")
     assert table_main(["--results-dir", str(tmp_path / "empty")]) == 1
+
+
+# Recall@10 with 20 users: the runner-up hits 5, the best the same 5 and 4 more. The paired
+# t-test on these differences gives p = 0.0421 (scipy ttest_rel): significant alone, not
+# after Holm over two such comparisons (2 x 0.0421 > 0.05), still under BH (max(2p/1, 2p/2) step-up = p).
+CORRECTION_USERS = 20
+RUNNER_UP_HITS, EXTRA_HITS = 5, 4
+RAW_P = 0.04208628671050175
+
+
+def _two_dataset_records():
+    best = recall_at_10_ranks(RUNNER_UP_HITS + EXTRA_HITS, CORRECTION_USERS - RUNNER_UP_HITS - EXTRA_HITS)
+    runner_up = recall_at_10_ranks(RUNNER_UP_HITS, CORRECTION_USERS - RUNNER_UP_HITS)
+    return [make_record(model, {TASK: ranks}, dataset=dataset)
+            for dataset in ("ds1", "ds2") for model, ranks in (("Best", best), ("Runner", runner_up))]
+
+
+@pytest.mark.parametrize("correction, starred, adjusted", [("none", True, RAW_P), ("holm", False, 2 * RAW_P),
+                                                           ("bh", True, RAW_P)])
+def test_correction_spans_every_comparison_of_the_table(correction, starred, adjusted):
+    table = build_table(_two_dataset_records(), metrics=("recall@10",), correction=correction)
+    assert table.family_size == 2
+    for dataset in ("ds1", "ds2"):
+        best = cell(table, "Best", dataset=dataset)
+        assert best.user_test.pvalue == pytest.approx(RAW_P, abs=TOLERANCE)
+        assert best.user_p_adjusted == pytest.approx(adjusted, abs=TOLERANCE)
+        assert best.star == starred
+    footnote = " ".join(table.footnote)
+    if correction == "none":
+        assert "uncorrected" in footnote
+    else:
+        name = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[correction]
+        assert f"{name}-corrected over the family of all 2 per-user comparisons" in footnote
+    assert "paired t-test (scipy ttest_rel)" in footnote
+
+
+def test_wilcoxon_option_and_effect_sizes():
+    rng = np.random.default_rng(5)
+    strong, weak = rng.integers(0, 8, 50).tolist(), rng.integers(0, 40, 50).tolist()
+    table = build_table([make_record("Strong", {TASK: strong}), make_record("Weak", {TASK: weak})],
+                        metrics=("ndcg@10",), test="wilcoxon")
+    best = cell(table, "Strong", "ndcg@10")
+    values_strong, values_weak = per_user_values(strong, "ndcg@10"), per_user_values(weak, "ndcg@10")
+    assert best.user_test.pvalue == pytest.approx(float(scipy_stats.wilcoxon(values_strong, values_weak).pvalue))
+    assert best.effect.mean_difference == pytest.approx(float(np.mean(values_strong - values_weak)))
+    assert best.effect.ci_low < best.effect.mean_difference < best.effect.ci_high
+    assert best.effect.relative == pytest.approx(values_strong.mean() / values_weak.mean() - 1)
+    assert "Wilcoxon signed-rank" in " ".join(table.footnote)
+    row = next(row for row in csv.DictReader(io.StringIO(to_csv(table))) if row["model"] == "Strong")
+    assert float(row["difference"]) == pytest.approx(best.effect.mean_difference)
+    assert row["test"] == "wilcoxon" and row["correction"] == "holm" and row["n_pairs"] == "50"
+    markdown = to_markdown(table)
+    assert "| ds | ndcg@10 | Strong | Weak |" in markdown and "p (Holm)" in markdown
+
+
+def test_footnote_states_the_test_lock_and_warns_about_few_seeds():
+    lock = {"checkpoint_sha256": "ab" * 32, "selected_on": "valid", "valid_task": TASK,
+            "valid_metric": "ndcg@10", "valid_value": 0.3, "selected_epoch": 4, "test_evaluations": 1}
+    records = [make_record("A", {TASK: [0, 1, 2]}, seed=seed, test_lock=lock) for seed in (0, 1, 2)]
+    records.append(make_record("B", {TASK: [5, 6, 7]}, test_lock=None))
+    table = build_table(records, metrics=("recall@10",))
+    footnote = " ".join(table.footnote)
+    assert SELECTION_NOTE == "Selected on valid; test evaluated once"
+    assert SELECTION_NOTE in footnote and "behavior_specific ndcg@10" in footnote
+    assert "1 of 4 records predate stored checkpoint hashes: B/ds/seed 0" in footnote
+    assert len(table.warnings) == 1 and "fewer than 3 seeds for B (1)" in table.warnings[0]
+    assert "> **Warning:** ds: fewer than 3 seeds" in to_markdown(table)
+    three_each = [record for record in records if record["model"] == "A"]
+    assert build_table(three_each, metrics=("recall@10",)).warnings == []
+
+
+# Five users: u0, u1 repeat targets; u2..u4 new items. "Copy" hits the repeats only, "Explore" the new ones.
+SPLIT_FLAGS = [1, 1, 0, 0, 0]
+COPY_RANKS = [0, 1, MISS, MISS, MISS]
+EXPLORE_RANKS = [MISS, MISS, 0, 2, 3]
+
+
+def _split_records():
+    return [make_record("Copy", {TASK: COPY_RANKS}, repeat=SPLIT_FLAGS),
+            make_record("Explore", {TASK: EXPLORE_RANKS}, repeat=SPLIT_FLAGS),
+            make_record("Old", {TASK: [0, 0, 0, 0, 0]})]  # made before repeat flags were stored
+
+
+def test_split_repeat_tables_values_counts_and_unknown_records():
+    records = _split_records()
+    tables = build_split_tables(records, metrics=("recall@10",))
+    assert cell(tables["repeat"], "Copy").mean == 1.0 and cell(tables["repeat"], "Explore").mean == 0.0
+    assert cell(tables["new"], "Copy").mean == 0.0 and cell(tables["new"], "Explore").mean == 1.0
+    assert cell(tables["repeat"], "Old").status == UNKNOWN and cell(tables["new"], "Old").status == UNKNOWN
+    # the tests run on each part's users only: 2 repeat pairs, 3 new pairs
+    assert cell(tables["repeat"], "Copy").user_test.n == 2 and cell(tables["new"], "Explore").user_test.n == 3
+    assert tables["repeat"].family_size == tables["new"].family_size == 2  # one family over both parts
+    counts = repeat_counts(records, TASK)
+    assert counts[("Copy", "ds")] == {0: PartCount(2, 3)} and not counts[("Old", "ds")][0].known
+    markdown = split_repeat_to_markdown(tables, counts)
+    assert "| Copy | 2 / 3 (40.0% repeat) |" in markdown
+    assert f"| Old | {UNKNOWN_MARK} (no repeat flags) |" in markdown
+    assert f"| Old | {UNKNOWN_MARK} |" in markdown and "no repeat flags (made before they were stored)" in markdown
+    assert markdown.index("Repeat targets") < markdown.index("New-item targets") < markdown.index("Users per part")
+    # A part without users is said to be empty, not missing.
+    no_repeats = build_split_tables([make_record("Copy", {TASK: COPY_RANKS}, repeat=[0] * len(COPY_RANKS))],
+                                    metrics=("recall@10",))
+    assert cell(no_repeats["repeat"], "Copy").status == EMPTY and "| Copy | n=0 |" in to_markdown(no_repeats["repeat"])
+
+
+def test_table_main_split_repeat_writes_both_parts(tmp_path, capsys):
+    for record in _split_records():
+        store(tmp_path, record)
+    out_dir = tmp_path / "out"
+    code = table_main(["--results-dir", str(tmp_path), "--metrics", "recall@10", "--split-repeat",
+                       "--correction", "bh", "--test", "wilcoxon", "--out", str(out_dir), "--no-plot"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "1 run(s) have no repeat flags" in captured.err and "Users per part" in captured.out
+    written = sorted(path.name for path in out_dir.iterdir())
+    assert "behavior_specific-split-repeat.md" in written
+    assert {"behavior_specific-repeat.csv", "behavior_specific-new.tex"} <= set(written)
+    split = (out_dir / "behavior_specific-split-repeat.md").read_text(encoding="utf-8")
+    assert "Benjamini-Hochberg" in split and "Wilcoxon" in split
+    rows = list(csv.DictReader(io.StringIO((out_dir / "behavior_specific-new.csv").read_text(encoding="utf-8"))))
+    assert {row["part"] for row in rows} == {"new"}
+
+
+def test_sanity_baselines_are_the_first_rows_by_default():
+    records = [make_record(model, {TASK: [0, 1]}) for model in ("Alpha", "Recent", "SASRec", "Pop", "Zeta")]
+    assert build_table(records, metrics=("recall@10",)).baselines == ["Pop", "Recent", "Alpha", "SASRec", "Zeta"]
+    chosen = build_table(records, metrics=("recall@10",), models=["SASRec", "Pop"], proposed=["Zeta"])
+    assert chosen.baselines == ["SASRec", "Pop"] and chosen.proposed == ["Zeta"]

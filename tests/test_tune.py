@@ -119,3 +119,36 @@ def test_command_line_runs_a_sweep(tmp_path, ray_session, capsys, caplog):
     assert "# Sweep pop-" in out and "2 completed" in out
     assert tune.tune_main(argv) == 1  # the same sweep again: refused, --resume continues it
     assert "pass --resume" in caplog.text
+
+
+def test_a_trial_never_builds_or_evaluates_test(tmp_path, monkeypatch):
+    """Checked, not assumed: record every split the trial's dataset builds and evaluates."""
+    from mbrec.data.dataset import MultiBehaviorSequentialDataset
+    from mbrec.evaluation import Evaluator
+
+    built_splits, evaluated = [], []
+    original_build, original_evaluate = MultiBehaviorSequentialDataset.build, Evaluator.evaluate
+
+    def recording_build(self, splits=("train", "valid", "test")):
+        built_splits.extend(splits)
+        return original_build(self, splits)
+
+    def recording_evaluate(self, model, split_dataset, *args, **kwargs):
+        evaluated.append(split_dataset.split_name)
+        return original_evaluate(self, model, split_dataset, *args, **kwargs)
+
+    monkeypatch.setattr(MultiBehaviorSequentialDataset, "build", recording_build)
+    monkeypatch.setattr(Evaluator, "evaluate", recording_evaluate)
+    reports = []
+
+    class FakeTune:  # what the trial calls on Ray's session
+        @staticmethod
+        def report(metrics):
+            reports.append(metrics)
+
+    spec = {"model": "SASRec", "dataset": "synthetic", "config_files": [], "data_path": None,
+            "cache_dir": str(tmp_path / "cache"), "device": "cpu"}
+    overrides = {**TINY, "epochs": 2, "hidden_size": 16}
+    tune._fit_trial(spec, overrides, {"hidden_size": 16}, tmp_path / "trial", FakeTune)
+    assert "test" not in built_splits and {"train", "valid"} <= set(built_splits)
+    assert evaluated == ["valid", "valid"] and len(reports) == 2  # one validation per epoch, each reported

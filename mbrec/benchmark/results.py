@@ -68,6 +68,9 @@ def load_record(path):
         if result is None:
             continue
         per_user = result.get("per_user", {})
-        if len(per_user.get("user", [])) != len(per_user.get("rank", [])) or "metrics" not in result:
+        n_users = len(per_user.get("user", []))
+        # "repeat" is optional: records made before repeat flags were stored lack it (unknown).
+        repeat_length = len(per_user["repeat"]) if per_user.get("repeat") is not None else n_users
+        if n_users != len(per_user.get("rank", [])) or repeat_length != n_users or "metrics" not in result:
             raise ResultsError(f"{path}: task '{task}' has inconsistent per-user vectors; rerun with --rerun")
     return record

@@ -20,12 +20,12 @@ from mbrec import registry
 from mbrec.registry import UnknownModelError
 from mbrec.benchmark import results as store
 from mbrec.benchmark.results import ResultsError
-from mbrec.benchmark.trainer import Trainer
+from mbrec.benchmark.trainer import Trainer, TrainingError
 from mbrec.config import ConfigError, build_config, merge_layers, parse_overrides
 from mbrec.data.dataset import DatasetError, MultiBehaviorSequentialDataset
 from mbrec.data.prepare import LOCATION_KEYS, DataPreparationError, dataset_spec, prepare, read_meta
 from mbrec.evaluation import Evaluator
-from mbrec.utils import REPO_DIR
+from mbrec.utils import REPO_DIR, file_sha256
 
 logger = logging.getLogger("mbrec")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -124,11 +124,12 @@ def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto
             raise
 
 
-def setup_run(model_class, dataset_dir, settings, seed, device):
+def setup_run(model_class, dataset_dir, settings, seed, device, with_test=True):
     """Config, data splits and a freshly initialized model for one run, on ``device``.
 
     Shared by :func:`run` and the Ray Tune trials (``mbrec.benchmark.tune``), so that a
-    trial trains exactly what the runner would.
+    trial trains exactly what the runner would. A trial passes ``with_test=False``: its
+    ``test_data`` is None, so it cannot evaluate test even by mistake (test lock).
 
     Returns:
         ``types.SimpleNamespace`` with ``config``, ``dataset``, ``train_data``, ``valid_data``,
@@ -145,11 +146,14 @@ def setup_run(model_class, dataset_dir, settings, seed, device):
 
     start = time.perf_counter()
     dataset = MultiBehaviorSequentialDataset(config)
-    train_data, valid_data, test_data = dataset.build()
+    if with_test:
+        train_data, valid_data, test_data = dataset.build()
+    else:
+        (train_data, valid_data), test_data = dataset.build(splits=("train", "valid")), None
     data_seconds = time.perf_counter() - start
     logger.info(f"data: {dataset.user_num - 1} users, {dataset.item_num - 1} items, {len(dataset.inter_feat)} "
                 f"interactions; examples train {len(train_data.target_rows)} valid {len(valid_data.target_rows)} "
-                f"test {len(test_data.target_rows)} ({data_seconds:.1f}s)")
+                f"test {len(test_data.target_rows) if with_test else 'not built'} ({data_seconds:.1f}s)")
 
     init_seed(seed, config["reproducibility"])
     network = model_class(config, train_data).to(device)
@@ -172,15 +176,17 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
     trainer_class = getattr(model_class, "trainer_class", Trainer)
     trainer = trainer_class(config, network, device)
     start = time.perf_counter()
-    fit_summary = trainer.fit(train_data, valid_data, path.with_suffix(".pth"))
+    checkpoint = path.with_suffix(".pth")
+    fit_summary = trainer.fit(train_data, valid_data, checkpoint)
     train_seconds = time.perf_counter() - start
+    test_lock = _test_lock(checkpoint, config, fit_summary)
 
     start = time.perf_counter()
     tasks = list(config["eval_tasks"])
     valid_results = Evaluator(config).evaluate(network, valid_data, tasks=tasks, device=device)
-    test_results = Evaluator(config).evaluate(network, test_data, tasks=tasks, device=device)
+    test_results = Evaluator(config).evaluate(network, test_data, tasks=tasks, device=device)  # the only time
     eval_seconds = time.perf_counter() - start
-    path.with_suffix(".pth").unlink(missing_ok=True)  # the record is the product; weights are not kept
+    checkpoint.unlink(missing_ok=True)  # the record is the product; weights are not kept (their hash is)
 
     train_epochs = [entry["train_seconds"] for entry in trainer.history]
     record = {
@@ -198,6 +204,7 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
         "results": {task: (result.to_record() if result else None) for task, result in test_results.items()},
         "valid_results": {task: (result.metrics if result else None) for task, result in valid_results.items()},
         "training": fit_summary | {"history": trainer.history},
+        "test_lock": test_lock,
         "efficiency": {
             "parameters": n_parameters,
             "train_seconds": train_seconds,
@@ -217,6 +224,20 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
     store.save_record(path, record)
     logger.info(f"wrote {path}")
     return record
+
+
+def _test_lock(checkpoint, config, fit_summary):
+    """What selected the weights test is evaluated on: their checkpoint's sha256 and the valid score.
+
+    Called after training and before test, so the hash names the weights test is run on.
+    """
+    if not checkpoint.exists():
+        raise TrainingError(f"the trainer left no checkpoint at {checkpoint}; a trainer must write the "
+                            f"selected weights there (see mbrec.benchmark.trainer)")
+    return {"checkpoint_sha256": file_sha256(checkpoint), "selected_on": "valid",
+            "valid_task": config["valid_task"], "valid_metric": str(config["valid_metric"]).lower(),
+            "valid_value": fit_summary.get("best_valid_score"), "selected_epoch": fit_summary.get("best_epoch"),
+            "test_evaluations": 1}
 
 
 def format_summary(records, tasks=("behavior_specific", "target_behavior", "behavior_item", "next_item"),
@@ -244,7 +265,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="run_benchmark.py",
         description="Train and evaluate multi-behavior sequential recommenders under one protocol. "
-                    "`run_benchmark.py table --help` rebuilds comparison tables from stored results.",
+                    "`run_benchmark.py table --help` rebuilds comparison tables from stored results; "
+                    "`run_benchmark.py compare --help` compares two stored runs user by user.",
         epilog="Extra arguments key=value (or --key=value) override any config entry, e.g. "
                "epochs=20 learning_rate=1e-3 prepare.size=medium.")
     parser.add_argument("--model", "--models", dest="models", nargs="+", default=["SASRec"],
@@ -275,6 +297,10 @@ def main(argv=None):
         from mbrec.benchmark.tune import tune_main
 
         return tune_main(argv[1:])
+    if argv and argv[0] == "compare":  # two stored runs, user by user, no training
+        from mbrec.benchmark.compare import compare_main
+
+        return compare_main(argv[1:])
     parser = build_parser()
     # key=value overrides may sit anywhere, also right after a list option (--models A B lr=1e-3).
     extra = [arg for arg in argv if "=" in arg and not arg.startswith("-")]

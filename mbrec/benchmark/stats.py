@@ -1,10 +1,15 @@
-"""Significance tests for the benchmark tables (protocol.md, "Significance").
+"""Significance tests and effect sizes for tables and ``compare`` (protocol.md, "Significance").
 
-* :func:`paired_ttest` wraps ``scipy.stats.ttest_rel`` (two-sided by default).
+* :func:`paired_ttest` wraps ``scipy.stats.ttest_rel``, :func:`wilcoxon_test` wraps
+  ``scipy.stats.wilcoxon`` (both two-sided by default); :func:`paired_test` picks one by name.
+* :func:`adjust_pvalues` corrects a family of p-values (Holm, Benjamini-Hochberg, none).
+* :func:`bootstrap_ci` and :func:`effect_size`: mean paired difference, its percentile
+  bootstrap confidence interval (resampling users, seeded) and the relative improvement.
 * :func:`align_users` pairs two runs' per-user ranks on the same test users, and refuses to
   pair runs whose user sets differ (a different split must never be compared silently).
 * :func:`per_user_values` turns aligned ranks into per-user metric values; pooled over seeds
-  (same seed, same user) by :func:`pooled_user_ttest`.
+  (same seed, same user) by :func:`paired_user_values` / :func:`pooled_user_test`, optionally
+  on the repeat or the new-item targets only.
 * :func:`seed_ttest` pairs per-seed means by seed, only when enough common seeds exist.
 """
 
@@ -19,6 +24,22 @@ from mbrec.evaluation import metric_vectors
 
 ALTERNATIVES = ("two-sided", "less", "greater")
 DEFAULT_ALPHA = 0.05
+# Paired tests on per-user vectors, by CLI name, and how footnotes name them.
+TESTS = ("ttest", "wilcoxon")
+DEFAULT_TEST = "ttest"
+TEST_NAMES = {"ttest": "two-sided paired t-test (scipy ttest_rel)",
+              "wilcoxon": "two-sided Wilcoxon signed-rank test (scipy wilcoxon, zero differences dropped)"}
+# Multiple-comparison corrections, by CLI name, and how footnotes name them.
+CORRECTIONS = ("holm", "bh", "none")
+DEFAULT_CORRECTION = "holm"
+CORRECTION_NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "no correction"}
+# Effect sizes: a 95% percentile bootstrap over users, seeded so a table is reproducible.
+DEFAULT_CONFIDENCE = 0.95
+DEFAULT_BOOTSTRAP_RESAMPLES = 2000
+DEFAULT_BOOTSTRAP_SEED = 2024
+# Parts of the test users by the repeat flag (target item in the input window or not).
+REPEAT, NEW = "repeat", "new"
+PARTS = (REPEAT, NEW)
 # Fewer common seeds than this and an across-seed t-test says nothing useful: it is skipped.
 MIN_SEEDS_FOR_SEED_TEST = 3
 # A paired t-test needs at least two pairs to estimate the variance of the differences.
@@ -32,9 +53,13 @@ class AlignmentError(ValueError):
     """Two runs cannot be paired user by user (different test users, datasets or tasks)."""
 
 
+class RepeatFlagsMissing(AlignmentError):
+    """A record predates repeat flags, so its users cannot be split into repeat and new targets."""
+
+
 @dataclass(frozen=True)
-class TTestResult:
-    """Outcome of a paired t-test of ``a`` against ``b``.
+class PairedTestResult:
+    """Outcome of a paired test of ``a`` against ``b`` (``test`` is one of :data:`TESTS`).
 
     ``mean_difference`` is ``mean(a - b)``: positive when ``a`` is higher on average.
     ``statistic`` and ``pvalue`` are NaN when there are too few pairs to test.
@@ -45,10 +70,25 @@ class TTestResult:
     mean_difference: float
     n: int
     alternative: str = "two-sided"
+    test: str = DEFAULT_TEST
 
     def significant(self, alpha=DEFAULT_ALPHA):
         """True when ``pvalue < alpha`` (False for an untestable NaN p-value)."""
         return bool(self.pvalue < alpha)
+
+
+# The name the t-test result had before Wilcoxon joined it.
+TTestResult = PairedTestResult
+
+
+def _paired_vectors(a, b, alternative, test):
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"{test} needs two 1-D vectors of equal length, got {a.shape} and {b.shape}")
+    return a, b
 
 
 def paired_ttest(a, b, alternative="two-sided"):
@@ -64,23 +104,146 @@ def paired_ttest(a, b, alternative="two-sided"):
         (identical vectors) -> statistic 0 and p-value 1, since there is no evidence of any
         difference.
     """
-    if alternative not in ALTERNATIVES:
-        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired_ttest needs two 1-D vectors of equal length, got {a.shape} and {b.shape}")
+    a, b = _paired_vectors(a, b, alternative, "paired_ttest")
     n = int(a.size)
     mean_difference = float(np.mean(a - b)) if n else math.nan
     if n < MIN_PAIRS_FOR_TTEST:
-        return TTestResult(math.nan, math.nan, mean_difference, n, alternative)
+        return PairedTestResult(math.nan, math.nan, mean_difference, n, alternative, "ttest")
     if np.all(a == b):
-        return TTestResult(0.0, 1.0, 0.0, n, alternative)
+        return PairedTestResult(0.0, 1.0, 0.0, n, alternative, "ttest")
     with warnings.catch_warnings():
         # Constant non-zero differences give an infinite statistic; scipy warns, the answer is right.
         warnings.simplefilter("ignore", RuntimeWarning)
         outcome = scipy_stats.ttest_rel(a, b, alternative=alternative)
-    return TTestResult(float(outcome.statistic), float(outcome.pvalue), mean_difference, n, alternative)
+    return PairedTestResult(float(outcome.statistic), float(outcome.pvalue), mean_difference, n, alternative,
+                            "ttest")
+
+
+def wilcoxon_test(a, b, alternative="two-sided"):
+    """Wilcoxon signed-rank test of ``a`` vs ``b`` (``scipy.stats.wilcoxon``).
+
+    Zero differences (users both runs score alike, e.g. both miss) are dropped before ranking
+    (scipy's default ``zero_method="wilcox"``); ``n`` still counts every pair. Fewer than
+    :data:`MIN_PAIRS_FOR_TTEST` pairs -> NaN; all differences zero -> statistic 0, p-value 1.
+    """
+    a, b = _paired_vectors(a, b, alternative, "wilcoxon_test")
+    n = int(a.size)
+    mean_difference = float(np.mean(a - b)) if n else math.nan
+    if n < MIN_PAIRS_FOR_TTEST:
+        return PairedTestResult(math.nan, math.nan, mean_difference, n, alternative, "wilcoxon")
+    if np.all(a == b):
+        return PairedTestResult(0.0, 1.0, 0.0, n, alternative, "wilcoxon")
+    with warnings.catch_warnings():
+        # Few non-zero differences make scipy warn that its normal approximation is rough.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        outcome = scipy_stats.wilcoxon(a, b, alternative=alternative)
+    return PairedTestResult(float(outcome.statistic), float(outcome.pvalue), mean_difference, n, alternative,
+                            "wilcoxon")
+
+
+_TEST_FUNCTIONS = {"ttest": paired_ttest, "wilcoxon": wilcoxon_test}
+
+
+def paired_test(a, b, test=DEFAULT_TEST, alternative="two-sided"):
+    """The paired test named ``test`` (one of :data:`TESTS`) of ``a`` vs ``b``."""
+    if test not in _TEST_FUNCTIONS:
+        raise ValueError(f"test must be one of {TESTS}, got {test!r}")
+    return _TEST_FUNCTIONS[test](a, b, alternative)
+
+
+def adjust_pvalues(pvalues, method=DEFAULT_CORRECTION):
+    """Adjust a family of p-values for multiple comparisons.
+
+    Args:
+        pvalues: the family, in any order; NaN entries (untested comparisons) stay NaN and do
+            not count towards the family size ``m``.
+        method: ``"holm"`` (step-down, controls the family-wise error rate),
+            ``"bh"`` (Benjamini-Hochberg step-up, controls the false discovery rate) or
+            ``"none"``.
+
+    Returns:
+        numpy array of adjusted p-values in the input order, each in [raw p, 1]. With the
+        raw p-values sorted ascending, ``p(1) <= ... <= p(m)``:
+        Holm ``adj(i) = max_{j <= i} min(1, (m - j + 1) p(j))``;
+        BH ``adj(i) = min_{j >= i} min(1, m p(j) / j)``.
+    """
+    if method not in CORRECTIONS:
+        raise ValueError(f"correction must be one of {CORRECTIONS}, got {method!r}")
+    pvalues = np.asarray(pvalues, dtype=np.float64)
+    adjusted = pvalues.copy()
+    tested = np.flatnonzero(~np.isnan(pvalues))
+    m = len(tested)
+    if method == "none" or m == 0:
+        return adjusted
+    order = tested[np.argsort(pvalues[tested], kind="stable")]
+    ranked = pvalues[order]  # ascending
+    position = np.arange(1, m + 1)  # j
+    if method == "holm":
+        steps = np.maximum.accumulate(np.minimum(1.0, (m - position + 1) * ranked))
+    else:
+        steps = np.minimum.accumulate(np.minimum(1.0, m * ranked / position)[::-1])[::-1]
+    adjusted[order] = steps
+    return adjusted
+
+
+def bootstrap_ci(differences, confidence=DEFAULT_CONFIDENCE, n_resamples=DEFAULT_BOOTSTRAP_RESAMPLES,
+                 seed=DEFAULT_BOOTSTRAP_SEED):
+    """Percentile bootstrap confidence interval of the mean of paired ``differences``.
+
+    Each resample draws ``n`` users with replacement. Drawing users uniformly is the same as
+    drawing how often each distinct difference value occurs from a multinomial with the
+    values' frequencies, which is what is done: exact, and cheap for rank-based metrics, whose
+    per-user differences take few distinct values even for hundreds of thousands of users.
+
+    Returns:
+        ``(low, high)``; NaN for no differences, the value itself for one.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    differences = np.asarray(differences, dtype=np.float64)
+    n = int(differences.size)
+    if n == 0:
+        return math.nan, math.nan
+    values, counts = np.unique(differences, return_counts=True)
+    if len(values) == 1:
+        return float(values[0]), float(values[0])
+    rng = np.random.default_rng(seed)
+    drawn = rng.multinomial(n, counts / n, size=int(n_resamples))  # [n_resamples, n_values]
+    means = drawn @ values / n  # [n_resamples]
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class EffectSize:
+    """How much ``a`` beats ``b`` on paired values.
+
+    ``mean_difference`` = mean(a - b) with its bootstrap interval ``[ci_low, ci_high]`` at
+    ``confidence``; ``relative`` = (mean(a) - mean(b)) / mean(b), None when mean(b) is 0.
+    """
+
+    mean_a: float
+    mean_b: float
+    mean_difference: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    relative: float
+    n: int
+
+
+def effect_size(a, b, confidence=DEFAULT_CONFIDENCE, n_resamples=DEFAULT_BOOTSTRAP_RESAMPLES,
+                seed=DEFAULT_BOOTSTRAP_SEED):
+    """:class:`EffectSize` of paired vectors ``a`` vs ``b``."""
+    a, b = _paired_vectors(a, b, "two-sided", "effect_size")
+    n = int(a.size)
+    mean_a = float(a.mean()) if n else math.nan
+    mean_b = float(b.mean()) if n else math.nan
+    low, high = bootstrap_ci(a - b, confidence, n_resamples, seed)
+    relative = (mean_a - mean_b) / mean_b if n and mean_b != 0 else None
+    return EffectSize(mean_a, mean_b, float(np.mean(a - b)) if n else math.nan, low, high, confidence, relative, n)
 
 
 @dataclass(frozen=True)
@@ -92,14 +255,39 @@ class AlignedRanks:
     ranks_b: np.ndarray
     only_in_a: int  # users of run a missing from run b
     only_in_b: int  # users of run b missing from run a
+    repeat_a: np.ndarray = None  # [U] bool repeat flags of run a; None when its record has none
+    repeat_b: np.ndarray = None
+
+    def part_mask(self, part):
+        """``[U]`` bool: users whose target is a repeat (``"repeat"``) / new item (``"new"``) in both runs.
+
+        Both runs' flags must agree for a user to count: runs with different window lengths
+        can see the same target as a repeat in one and as new in the other.
+
+        Raises:
+            RepeatFlagsMissing: a run's record has no repeat flags.
+        """
+        if part not in PARTS:
+            raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+        if self.repeat_a is None or self.repeat_b is None:
+            raise RepeatFlagsMissing("a record has no repeat flags (made before they were stored); "
+                                     "rerun it with --rerun to split repeat and new targets")
+        wanted = part == REPEAT
+        return (self.repeat_a == wanted) & (self.repeat_b == wanted)
 
 
 def _describe(record):
     return f"{record.get('model')} on {record.get('dataset')} seed {record.get('seed')}"
 
 
+def repeat_flags(result):
+    """``[U]`` bool repeat flags of one task result of a record, or None when it predates them."""
+    flags = ((result or {}).get("per_user") or {}).get("repeat")
+    return None if flags is None else np.asarray(flags, dtype=bool)
+
+
 def _per_user(record, task):
-    """``(users, ranks)`` of ``record`` for ``task``; AlignmentError when the task has no ranks."""
+    """``(users, ranks, repeat)`` of ``record`` for ``task``; AlignmentError when the task has no ranks."""
     result = (record.get("results") or {}).get(task, "absent")
     if result == "absent":
         raise AlignmentError(f"{_describe(record)} has no result for task '{task}'")
@@ -113,7 +301,11 @@ def _per_user(record, task):
     if len(set(users)) != len(users):
         raise AlignmentError(f"{_describe(record)}, task '{task}': duplicated user tokens "
                              "(one target per user is expected)")
-    return users, ranks
+    repeat = repeat_flags(result)
+    if repeat is not None and len(repeat) != len(users):
+        raise AlignmentError(f"{_describe(record)}, task '{task}': {len(users)} users but {len(repeat)} "
+                             "repeat flags")
+    return users, ranks, repeat
 
 
 def align_users(record_a, record_b, task, tolerance=DEFAULT_USER_MISMATCH_TOLERANCE):
@@ -134,8 +326,8 @@ def align_users(record_a, record_b, task, tolerance=DEFAULT_USER_MISMATCH_TOLERA
         if record_a.get(field) != record_b.get(field):
             raise AlignmentError(f"Cannot pair {_describe(record_a)} with {_describe(record_b)}: "
                                  f"different {field} ({record_a.get(field)!r} vs {record_b.get(field)!r})")
-    users_a, ranks_a = _per_user(record_a, task)
-    users_b, ranks_b = _per_user(record_b, task)
+    users_a, ranks_a, repeat_a = _per_user(record_a, task)
+    users_b, ranks_b, repeat_b = _per_user(record_b, task)
     position_b = {user: index for index, user in enumerate(users_b)}
     common_positions_a = [index for index, user in enumerate(users_a) if user in position_b]
     n_common = len(common_positions_a)
@@ -152,8 +344,11 @@ def align_users(record_a, record_b, task, tolerance=DEFAULT_USER_MISMATCH_TOLERA
             f"{only_in_a} only in the first, {only_in_b} only in the second, {n_common} shared "
             f"({mismatch:.2%} of the union > tolerance {tolerance:.2%}); were they run on the same split?")
     users = [users_a[index] for index in common_positions_a]
-    aligned_b = np.asarray([ranks_b[position_b[user]] for user in users], dtype=np.float64)
-    return AlignedRanks(users, ranks_a[common_positions_a], aligned_b, only_in_a, only_in_b)
+    positions_b = np.asarray([position_b[user] for user in users], dtype=np.int64)
+    aligned_b = ranks_b[positions_b] if len(positions_b) else np.zeros(0, dtype=np.float64)
+    return AlignedRanks(users, ranks_a[common_positions_a], aligned_b, only_in_a, only_in_b,
+                        None if repeat_a is None else repeat_a[common_positions_a],
+                        None if repeat_b is None else repeat_b[positions_b])
 
 
 def parse_metric(metric):
@@ -170,20 +365,20 @@ def per_user_values(ranks, metric):
     return metric_vectors(ranks, metrics=(name,), topk=(cutoff,))[f"{name}@{cutoff}"]
 
 
-def pooled_user_ttest(records_a_by_seed, records_b_by_seed, task, metric, alternative="two-sided",
-                      tolerance=DEFAULT_USER_MISMATCH_TOLERANCE):
-    """Paired t-test on per-user ``metric`` values pooled over the seeds both models have.
-
-    Pairs are (same seed, same user); with one seed this is the plain per-user test.
+def paired_user_values(records_a_by_seed, records_b_by_seed, task, metric, part=None,
+                       tolerance=DEFAULT_USER_MISMATCH_TOLERANCE):
+    """Per-user ``metric`` values of two models, paired (same seed, same user), pooled over common seeds.
 
     Args:
         records_a_by_seed, records_b_by_seed: ``{seed: record}`` of the two models.
+        part: None (all users), ``"repeat"`` or ``"new"`` (see :meth:`AlignedRanks.part_mask`).
 
     Returns:
-        :class:`TTestResult` of a vs b, or None when the models share no seed.
+        ``(values_a, values_b)`` numpy vectors, or None when the models share no seed.
 
     Raises:
-        AlignmentError: see :func:`align_users`.
+        AlignmentError: see :func:`align_users`; RepeatFlagsMissing when ``part`` is asked of a
+        record without repeat flags.
     """
     common_seeds = sorted(set(records_a_by_seed) & set(records_b_by_seed))
     if not common_seeds:
@@ -191,9 +386,36 @@ def pooled_user_ttest(records_a_by_seed, records_b_by_seed, task, metric, altern
     values_a, values_b = [], []
     for seed in common_seeds:
         aligned = align_users(records_a_by_seed[seed], records_b_by_seed[seed], task, tolerance)
-        values_a.append(per_user_values(aligned.ranks_a, metric))
-        values_b.append(per_user_values(aligned.ranks_b, metric))
-    return paired_ttest(np.concatenate(values_a), np.concatenate(values_b), alternative)
+        ranks_a, ranks_b = aligned.ranks_a, aligned.ranks_b
+        if part is not None:
+            mask = aligned.part_mask(part)
+            ranks_a, ranks_b = ranks_a[mask], ranks_b[mask]
+        values_a.append(per_user_values(ranks_a, metric))
+        values_b.append(per_user_values(ranks_b, metric))
+    return np.concatenate(values_a), np.concatenate(values_b)
+
+
+def pooled_user_test(records_a_by_seed, records_b_by_seed, task, metric, test=DEFAULT_TEST,
+                     alternative="two-sided", part=None, tolerance=DEFAULT_USER_MISMATCH_TOLERANCE):
+    """Paired test (``test`` of :data:`TESTS`) on per-user values pooled over the common seeds.
+
+    Pairs are (same seed, same user); with one seed this is the plain per-user test.
+
+    Returns:
+        :class:`PairedTestResult` of a vs b, or None when the models share no seed.
+
+    Raises:
+        AlignmentError: see :func:`paired_user_values`.
+    """
+    values = paired_user_values(records_a_by_seed, records_b_by_seed, task, metric, part, tolerance)
+    return None if values is None else paired_test(*values, test=test, alternative=alternative)
+
+
+def pooled_user_ttest(records_a_by_seed, records_b_by_seed, task, metric, alternative="two-sided",
+                      tolerance=DEFAULT_USER_MISMATCH_TOLERANCE):
+    """:func:`pooled_user_test` with the paired t-test, on all users."""
+    return pooled_user_test(records_a_by_seed, records_b_by_seed, task, metric, "ttest", alternative,
+                            tolerance=tolerance)
 
 
 def seed_ttest(values_a_by_seed, values_b_by_seed, alternative="two-sided", min_seeds=MIN_SEEDS_FOR_SEED_TEST):

@@ -31,7 +31,10 @@ import numpy as np
 
 from mbrec.benchmark.results import ResultsError, default_results_dir, load_record
 from mbrec.benchmark.stats import (
-    DEFAULT_ALPHA, MIN_SEEDS_FOR_SEED_TEST, AlignmentError, per_user_values, pooled_user_ttest, seed_ttest,
+    CORRECTION_NAMES, CORRECTIONS, DEFAULT_ALPHA, DEFAULT_BOOTSTRAP_RESAMPLES, DEFAULT_BOOTSTRAP_SEED,
+    DEFAULT_CONFIDENCE, DEFAULT_CORRECTION, DEFAULT_TEST, MIN_SEEDS_FOR_SEED_TEST, NEW, PARTS, REPEAT, TEST_NAMES,
+    TESTS, AlignmentError, adjust_pvalues, effect_size, paired_test, paired_user_values, per_user_values,
+    repeat_flags, seed_ttest,
 )
 from mbrec.evaluation import TASKS
 from mbrec.utils import atomic_path
@@ -40,14 +43,25 @@ DEFAULT_TASK = "behavior_specific"
 DEFAULT_METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
 DISPLAY_DECIMALS = 4
 PERCENT_DECIMALS = 2
+P_VALUE_DIGITS = 3  # significant digits of a p-value
 EFFICIENCY_DECIMALS = 2
 PERCENT = 100.0
 
 # Cell states.
-VALUE, NOT_APPLICABLE, MISSING = "value", "na", "missing"
+VALUE, NOT_APPLICABLE, MISSING, UNKNOWN, EMPTY = "value", "na", "missing", "unknown", "empty"
 # What a reader sees for a cell without a number.
 NA_MARK = "N/A"
 MISSING_MARK = "—"
+UNKNOWN_MARK = "?"
+EMPTY_MARK = "n=0"
+# Rules that do not learn: the first rows of a default table, so every learned model is read against them.
+SANITY_BASELINES = ("Pop", "Recent")
+# Starts the footnote sentence on model selection (the test lock).
+SELECTION_NOTE = "Selected on valid; test evaluated once"
+# At most this many runs are named in one footnote sentence; the rest are counted.
+MAX_LISTED = 5
+PART_TITLES = {REPEAT: "Repeat targets (target item in the input window)",
+               NEW: "New-item targets (target item not in the input window)"}
 LATEX_MISSING_MARK = "--"
 # Group labels of the rows.
 BASELINE_GROUP, PROPOSED_GROUP, IMPROVE_GROUP = "baseline", "proposed", "improve"
@@ -148,9 +162,12 @@ def collect_records(results_dir=None, models=None, datasets=None, seeds=None):
 class Cell:
     """One (model, dataset, metric) entry: mean over seeds plus marks and tests.
 
-    ``status`` is ``"value"``, ``"na"`` (the model cannot do the task) or ``"missing"`` (no
-    run stored). ``user_test`` / ``seed_test`` are the tests of a best cell against the
-    runner-up named in ``compared_with`` (the least significant one when several tie).
+    ``status`` is ``"value"``, ``"na"`` (the model cannot do the task), ``"missing"`` (no
+    run stored), ``"unknown"`` (a repeat/new part asked of records without repeat flags) or
+    ``"empty"`` (no test user in that part).
+    ``user_test`` / ``seed_test`` are the tests of a best cell against the runner-up named in
+    ``compared_with`` (the least significant one after correction when several tie), with
+    their corrected p-values and the effect size of that comparison.
     """
 
     status: str
@@ -164,6 +181,31 @@ class Cell:
     compared_with: str = None
     user_test: object = None
     seed_test: object = None
+    user_p_adjusted: float = None
+    seed_p_adjusted: float = None
+    effect: object = None
+
+
+@dataclass
+class Comparison:
+    """One tested pair of a table: the sole best model vs one runner-up in one column.
+
+    ``user_test`` is on per-user values (pairs = same seed, same user, pooled over common
+    seeds), ``effect`` the mean paired difference with its bootstrap CI on the same pairs,
+    ``seed_test`` the paired-by-seed t-test (None with too few common seeds). The ``*_adjusted``
+    p-values are set by :func:`apply_correction` over the whole family.
+    """
+
+    dataset: str
+    metric: str
+    best: str
+    runner_up: str
+    user_test: object
+    effect: object
+    seed_test: object
+    part: str = None
+    user_p_adjusted: float = math.nan
+    seed_p_adjusted: float = math.nan
 
 
 @dataclass
@@ -182,6 +224,13 @@ class ResultTable:
     decimals: int
     footnote: list
     problems: list = field(default_factory=list)
+    test: str = DEFAULT_TEST
+    correction: str = DEFAULT_CORRECTION
+    part: str = None  # None = all test users; "repeat" / "new" = one part of them
+    comparisons: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    family_size: int = 0  # tested per-user comparisons in the family this table was corrected with
+    seed_family_size: int = 0  # tested across-seed comparisons in that family
 
     @property
     def columns(self):
@@ -200,7 +249,17 @@ class ResultTable:
         return PROPOSED_GROUP if model in self.proposed else BASELINE_GROUP
 
 
-def _seed_values(runs, task, metric):
+def _part_value(result, metric, part):
+    """Mean ``metric`` over the users of ``part`` in one task result; UNKNOWN without repeat flags."""
+    flags = repeat_flags(result)
+    if flags is None:
+        return UNKNOWN
+    ranks = np.asarray((result.get("per_user") or {}).get("rank", []), dtype=np.float64)
+    selected = ranks[flags == (part == REPEAT)]
+    return float(np.mean(per_user_values(selected, metric))) if len(selected) else math.nan
+
+
+def _seed_values(runs, task, metric, part=None):
     """``{seed: metric value}`` over the seeds whose result for ``task`` exists, and the states seen."""
     values, states = {}, set()
     for seed, record in runs.items():
@@ -211,14 +270,20 @@ def _seed_values(runs, task, metric):
         if result is None:
             states.add(NOT_APPLICABLE)
             continue
-        stored = (result.get("metrics") or {}).get(metric)
+        if part is not None:
+            stored = _part_value(result, metric, part)
+            if stored is UNKNOWN or math.isnan(stored):
+                states.add(UNKNOWN if stored is UNKNOWN else EMPTY)
+                continue
+        else:
+            stored = (result.get("metrics") or {}).get(metric)
         if stored is None:
             ranks = (result.get("per_user") or {}).get("rank", [])
             if not len(ranks):
                 states.add(MISSING)
                 continue
             stored = float(np.mean(per_user_values(ranks, metric)))
-        if math.isnan(float(stored)):  # no test user for this task in this run
+        if math.isnan(float(stored)):  # no test user for this task (or part) in this run
             states.add(MISSING)
             continue
         values[seed] = float(stored)
@@ -226,8 +291,8 @@ def _seed_values(runs, task, metric):
     return values, states
 
 
-def _make_cell(runs, task, metric):
-    values, states = _seed_values(runs, task, metric)
+def _make_cell(runs, task, metric, part=None):
+    values, states = _seed_values(runs, task, metric, part)
     if values:
         seeds = tuple(sorted(values))
         series = np.asarray([values[seed] for seed in seeds])
@@ -235,15 +300,35 @@ def _make_cell(runs, task, metric):
         return Cell(VALUE, float(series.mean()), std, seeds), values
     if NOT_APPLICABLE in states:
         return Cell(NOT_APPLICABLE), values
+    if UNKNOWN in states:
+        return Cell(UNKNOWN), values
+    if EMPTY in states:
+        return Cell(EMPTY), values
     return Cell(MISSING), values
 
 
-def _runs_with_result(runs, task):
-    return {seed: record for seed, record in runs.items() if record["results"].get(task) is not None}
+def _runs_with_result(runs, task, part=None):
+    """The seeds whose record can be paired for ``task`` (and split into parts when ``part`` is set)."""
+    return {seed: record for seed, record in runs.items() if record["results"].get(task) is not None
+            and (part is None or repeat_flags(record["results"][task]) is not None)}
 
 
-def _mark_column(table, runs_by_model, seed_values, dataset, metric, problems):
-    """Bold/underline/star/dagger the cells of one (dataset, metric) column."""
+@dataclass(frozen=True)
+class _Settings:
+    """How the tests and effect sizes of one table are computed."""
+
+    test: str = DEFAULT_TEST
+    confidence: float = DEFAULT_CONFIDENCE
+    n_resamples: int = DEFAULT_BOOTSTRAP_RESAMPLES
+    bootstrap_seed: int = DEFAULT_BOOTSTRAP_SEED
+
+
+def _mark_column(table, runs_by_model, seed_values, dataset, metric, problems, settings):
+    """Bold/underline one (dataset, metric) column and test its sole best against every runner-up.
+
+    Stars and daggers are decided later, by :func:`apply_correction`, once the whole family
+    of comparisons is known.
+    """
     scored = {model: round(table.cells[(model, dataset, metric)].mean, table.decimals)
               for model in table.models if table.cells[(model, dataset, metric)].status == VALUE}
     if not scored:
@@ -258,31 +343,75 @@ def _mark_column(table, runs_by_model, seed_values, dataset, metric, problems):
     if len(best_models) != 1 or not second_models:
         return  # tied best: nobody beats anybody; a lone model: nothing to test against
     best = best_models[0]
-    best_cell = table.cells[(best, dataset, metric)]
-    user_tests, seed_tests = [], []
     for runner_up in second_models:
+        user_test, effect = None, None
         try:
-            user_test = pooled_user_ttest(_runs_with_result(runs_by_model[best], table.task),
-                                          _runs_with_result(runs_by_model[runner_up], table.task),
-                                          table.task, metric)
+            values = paired_user_values(_runs_with_result(runs_by_model[best], table.task, table.part),
+                                        _runs_with_result(runs_by_model[runner_up], table.task, table.part),
+                                        table.task, metric, part=table.part)
+            if values is not None:
+                user_test = paired_test(*values, test=settings.test)
+                effect = effect_size(*values, confidence=settings.confidence, n_resamples=settings.n_resamples,
+                                     seed=settings.bootstrap_seed)
         except AlignmentError as error:
             problems.append(f"no significance test for {best} vs {runner_up} on {dataset} {metric}: {error}")
-            user_test = None
-        user_tests.append((runner_up, user_test))
-        seed_tests.append((runner_up, seed_ttest(seed_values[best], seed_values[runner_up])))
+        table.comparisons.append(Comparison(dataset, metric, best, runner_up, user_test, effect,
+                                            seed_ttest(seed_values[best], seed_values[runner_up]), table.part))
 
-    def weakest(tests):
-        """The least favourable test: a missing one, else the largest p-value."""
-        return max(tests, key=lambda entry: math.inf if entry[1] is None else entry[1].pvalue)
 
-    def wins(tests):
-        return all(test is not None and test.significant(table.alpha) and test.mean_difference > 0
-                   for _, test in tests)
+def _adjusted(pvalues, correction):
+    return adjust_pvalues(pvalues, correction) if pvalues else np.zeros(0)
 
-    best_cell.compared_with, best_cell.user_test = weakest(user_tests)
-    best_cell.seed_test = weakest(seed_tests)[1]
-    best_cell.star = wins(user_tests)
-    best_cell.seed_star = wins(seed_tests)
+
+def apply_correction(tables, correction=None, alpha=None):
+    """Correct the p-values of all comparisons of ``tables`` as one family, then set stars and daggers.
+
+    Two families: the per-user tests (stars) and the across-seed tests (daggers). A star goes
+    to a sole best model when every runner-up comparison has a corrected p < alpha and a
+    positive mean difference; the cell keeps the weakest comparison (largest corrected p).
+
+    Args:
+        tables: tables shown together (e.g. the repeat and the new part of one output).
+        correction, alpha: default the first table's.
+    """
+    tables = list(tables)
+    if not tables:
+        return
+    correction = correction or tables[0].correction
+    alpha = tables[0].alpha if alpha is None else alpha
+    comparisons = [comparison for table in tables for comparison in table.comparisons]
+    user_p = [comparison.user_test.pvalue if comparison.user_test else math.nan for comparison in comparisons]
+    seed_p = [comparison.seed_test.pvalue if comparison.seed_test else math.nan for comparison in comparisons]
+    for comparison, user_adjusted, seed_adjusted in zip(comparisons, _adjusted(user_p, correction),
+                                                         _adjusted(seed_p, correction)):
+        comparison.user_p_adjusted, comparison.seed_p_adjusted = float(user_adjusted), float(seed_adjusted)
+    family_size = int(np.sum(~np.isnan(np.asarray(user_p, dtype=np.float64)))) if user_p else 0
+    seed_family_size = int(np.sum(~np.isnan(np.asarray(seed_p, dtype=np.float64)))) if seed_p else 0
+
+    def wins(test, adjusted):
+        return test is not None and not math.isnan(adjusted) and adjusted < alpha and test.mean_difference > 0
+
+    def weakness(adjusted):
+        return math.inf if math.isnan(adjusted) else adjusted
+
+    for table in tables:
+        table.correction, table.alpha, table.family_size = correction, alpha, family_size
+        table.seed_family_size = seed_family_size
+        by_cell = defaultdict(list)
+        for comparison in table.comparisons:
+            by_cell[(comparison.best, comparison.dataset, comparison.metric)].append(comparison)
+        for key, cell_comparisons in by_cell.items():
+            cell = table.cells[key]
+            weakest = max(cell_comparisons, key=lambda comparison: weakness(comparison.user_p_adjusted))
+            weakest_seed = max(cell_comparisons, key=lambda comparison: weakness(comparison.seed_p_adjusted))
+            cell.compared_with, cell.user_test, cell.effect = weakest.runner_up, weakest.user_test, weakest.effect
+            cell.user_p_adjusted = weakest.user_p_adjusted
+            cell.seed_test, cell.seed_p_adjusted = weakest_seed.seed_test, weakest_seed.seed_p_adjusted
+            cell.star = all(wins(comparison.user_test, comparison.user_p_adjusted) for comparison in cell_comparisons)
+            cell.seed_star = all(wins(comparison.seed_test, comparison.seed_p_adjusted)
+                                 for comparison in cell_comparisons)
+        table.footnote = [line for line in table.footnote if not line.startswith((STAR_MARK, DAGGER_MARK))]
+        table.footnote[2:2] = _significance_lines(table)
 
 
 def _improve(table, dataset, metric):
@@ -298,30 +427,49 @@ def _improve(table, dataset, metric):
     return (best_proposed - best_baseline) / best_baseline * PERCENT
 
 
+def _significance_lines(table):
+    """Footnote sentences on the star, the dagger, the correction, its family and the effect sizes."""
+    correction = CORRECTION_NAMES[table.correction]
+    corrected = ("p-values uncorrected" if table.correction == "none" else
+                 f"p-values {correction}-corrected over the family of all {table.family_size} per-user comparisons "
+                 f"shown: the sole best vs each runner-up, in every column{' of both parts' if table.part else ''}")
+    seed_corrected = ("uncorrected" if table.correction == "none" else
+                      f"{correction}-corrected over the {table.seed_family_size} across-seed tests shown")
+    return [
+        f"{STAR_MARK}: the sole best model beats the runner-up with p < {table.alpha:g} in a "
+        f"{TEST_NAMES[table.test]} on per-user values; pairs are (same seed, same test user), pooled over the "
+        f"seeds both models ran; {corrected}.",
+        f"{DAGGER_MARK}: the same holds for the across-seed paired t-test (paired by seed; only with at "
+        f"least {MIN_SEEDS_FOR_SEED_TEST} common seeds; {seed_corrected}).",
+    ]
+
+
 def _footnote(table, records):
-    """Sentences explaining the cells, marks, tests, notes and held-out settings."""
+    """Sentences explaining the cells, marks, tests, notes, selection and held-out settings."""
     seed_counts = sorted({len(cell.seeds) for cell in table.cells.values() if cell.status == VALUE})
     seeds_text = "/".join(str(count) for count in seed_counts) or "0"
     spread = " ± sample std over seeds" if table.show_std else ""
+    users = {None: "", REPEAT: " Repeat targets only: users whose target item is in the model's input window.",
+             NEW: " New-item targets only: users whose target item is not in the model's input window."}
     lines = [
-        f"Task: {table.task}. Each cell: test metric, mean over seeds ({seeds_text} seeds){spread}.",
+        f"Task: {table.task}.{users[table.part]} Each cell: test metric, mean over seeds ({seeds_text} "
+        f"seeds){spread}.",
         f"Bold: best; underlined: second best. Values are compared as displayed (rounded to "
         f"{table.decimals} decimals): all tied-best are bold and the next distinct value is underlined.",
-        f"{STAR_MARK}: the sole best model beats the runner-up with p < {table.alpha:g} in a two-sided paired t-test "
-        f"(scipy ttest_rel) on per-user values; pairs are (same seed, same test user), pooled over the "
-        f"seeds both models ran.",
-        f"{DAGGER_MARK}: the same holds for the across-seed paired t-test (paired by seed; only with at "
-        f"least {MIN_SEEDS_FOR_SEED_TEST} common seeds).",
+        # the star and dagger sentences are inserted here by apply_correction
         f"{NA_MARK}: the model cannot do this task; {MISSING_MARK}: run not present.",
     ]
+    if table.part:
+        lines.append(f"{UNKNOWN_MARK}: the run's record has no repeat flags (made before they were stored); "
+                     f"rerun it with --rerun to split it. {EMPTY_MARK}: no test user of this part.")
     if table.has_improve:
         lines.append(f"{IMPROVE_LABEL}: (best proposed - best baseline) / best baseline, in %.")
     in_table = set(table.datasets)
+    shown = [record for record in records if record["dataset"] in in_table and record["model"] in table.models]
+    lines.append(_selection_line(shown))
     notes = defaultdict(set)
     heldout = {}
-    for record in records:
-        if record["dataset"] not in in_table or record["model"] not in table.models:
-            continue
+    for record in shown:
         heldout.setdefault(record["dataset"], set()).add(record.get("heldout"))
         result = record["results"].get(table.task)
         if isinstance(result, dict) and result.get("note"):
@@ -337,8 +485,46 @@ def _footnote(table, records):
     return lines
 
 
+def _selection_line(records):
+    """The test-lock sentence: how checkpoints were selected, and which records cannot show it."""
+    criteria = sorted({f"{lock.get('valid_task')} {lock.get('valid_metric')}"
+                       for lock in (record.get("test_lock") for record in records) if lock})
+    line = (f"{SELECTION_NOTE}: each run's checkpoint was chosen by its valid score"
+            f"{' (' + ', '.join(criteria) + ')' if criteria else ''} and test was run once, on that checkpoint "
+            f"(its sha256 and valid score are in the record).")
+    unlocked = sorted(f"{record['model']}/{record['dataset']}/seed {record['seed']}" for record in records
+                      if not record.get("test_lock"))
+    if unlocked:
+        line += (f" {len(unlocked)} of {len(records)} records predate stored checkpoint hashes: "
+                 f"{', '.join(unlocked[:MAX_LISTED])}{' ...' if len(unlocked) > MAX_LISTED else ''}.")
+    return line
+
+
+def _seed_warnings(table, runs_by_model_dataset):
+    """A plain warning per dataset where a shown model has fewer than ``MIN_SEEDS_FOR_SEED_TEST`` seeds."""
+    warnings = []
+    for dataset in table.datasets:
+        few = sorted((model, len(runs_by_model_dataset[(model, dataset)])) for model in table.models
+                     if 0 < len(runs_by_model_dataset.get((model, dataset), {})) < MIN_SEEDS_FOR_SEED_TEST)
+        if few:
+            listed = ", ".join(f"{model} ({count})" for model, count in few)
+            warnings.append(f"{dataset}: fewer than {MIN_SEEDS_FOR_SEED_TEST} seeds for {listed}. The spread over "
+                            f"seeds is not estimated reliably and the across-seed test ({DAGGER_MARK}) is not run, "
+                            f"so a difference may be due to the seed; run more seeds (--seeds).")
+    return warnings
+
+
+def _default_row_order(model):
+    """Sanity baselines first (in :data:`SANITY_BASELINES` order), then the others alphabetically."""
+    if model in SANITY_BASELINES:
+        return 0, SANITY_BASELINES.index(model), ""
+    return 1, 0, model.lower()
+
+
 def build_table(records, task=DEFAULT_TASK, metrics=DEFAULT_METRICS, proposed=(), alpha=DEFAULT_ALPHA,
-                show_std=False, models=None, datasets=None, decimals=DISPLAY_DECIMALS):
+                show_std=False, models=None, datasets=None, decimals=DISPLAY_DECIMALS, test=DEFAULT_TEST,
+                correction=DEFAULT_CORRECTION, part=None, confidence=DEFAULT_CONFIDENCE,
+                n_resamples=DEFAULT_BOOTSTRAP_RESAMPLES, bootstrap_seed=DEFAULT_BOOTSTRAP_SEED, correct=True):
     """Build the main result table of ``task`` from run records.
 
     Args:
@@ -348,22 +534,32 @@ def build_table(records, task=DEFAULT_TASK, metrics=DEFAULT_METRICS, proposed=()
         metrics: column metrics, e.g. ``("recall@10", "ndcg@10")``.
         proposed: model names forming the proposed group (shown after the baselines, in this
             order, and compared in the "Improve" row); empty = no proposed group, no Improve row.
-        alpha: significance level of the star / dagger.
+        alpha: significance level of the star / dagger (after correction).
         show_std: render "mean ± std" (sample std over seeds).
-        models: optional baseline order (default: alphabetical); names not in records are
-            shown as missing rows.
+        models: optional baseline order (default: the sanity baselines Pop and Recent first,
+            then alphabetical); names not in records are shown as missing rows.
         datasets: optional dataset order (default: alphabetical over the records).
         decimals: display precision, also the precision at which ties are decided.
+        test: per-user test, one of ``stats.TESTS`` (``"ttest"``, ``"wilcoxon"``).
+        correction: ``"holm"`` (default), ``"bh"`` or ``"none"``, over all comparisons of the table.
+        part: None (all test users), ``"repeat"`` or ``"new"`` (users whose target item is /
+            is not in the input window).
+        confidence, n_resamples, bootstrap_seed: the effect sizes' bootstrap.
+        correct: apply the correction now; False when several tables form one family (the
+            caller then runs :func:`apply_correction` on all of them).
 
     Returns:
         :class:`ResultTable`.
     """
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; use one of {TASKS}")
+    if test not in TESTS or correction not in CORRECTIONS or part not in (None, *PARTS):
+        raise ValueError(f"test must be one of {TESTS}, correction one of {CORRECTIONS}, part one of "
+                         f"{(None, *PARTS)}; got {test!r}, {correction!r}, {part!r}")
     metrics = tuple(metric.lower() for metric in metrics)
     records, problems = _newest_per_run([(f"record {record.get('run_key')}", record) for record in records])
     proposed = [model for model in dict.fromkeys(proposed)]
-    record_models = sorted({record["model"] for record in records}, key=str.lower)
+    record_models = sorted({record["model"] for record in records}, key=_default_row_order)
     baseline_order = list(models) if models else record_models
     baselines = [model for model in dict.fromkeys(baseline_order) if model not in proposed]
     datasets = list(datasets) if datasets else sorted({record["dataset"] for record in records})
@@ -374,19 +570,64 @@ def build_table(records, task=DEFAULT_TASK, metrics=DEFAULT_METRICS, proposed=()
 
     table = ResultTable(task=task, metrics=metrics, datasets=datasets, baselines=baselines, proposed=proposed,
                         cells={}, improve={}, alpha=alpha, show_std=show_std, decimals=decimals, footnote=[],
-                        problems=problems)
+                        problems=problems, test=test, correction=correction, part=part)
+    settings = _Settings(test, confidence, n_resamples, bootstrap_seed)
     for dataset in datasets:
         runs_by_model = {model: runs_by_model_dataset.get((model, dataset), {}) for model in table.models}
         for metric in metrics:
             seed_values = {}
             for model in table.models:
-                cell, seed_values[model] = _make_cell(runs_by_model[model], task, metric)
+                cell, seed_values[model] = _make_cell(runs_by_model[model], task, metric, part)
                 table.cells[(model, dataset, metric)] = cell
-            _mark_column(table, runs_by_model, seed_values, dataset, metric, table.problems)
+            _mark_column(table, runs_by_model, seed_values, dataset, metric, table.problems, settings)
             if table.has_improve:
                 table.improve[(dataset, metric)] = _improve(table, dataset, metric)
     table.footnote = _footnote(table, records)
+    table.warnings = _seed_warnings(table, runs_by_model_dataset)
+    if correct:
+        apply_correction([table])
     return table
+
+
+def build_split_tables(records, **options):
+    """The repeat-target and the new-item-target tables of ``records``, corrected as one family.
+
+    ``options`` are :func:`build_table`'s. Returns ``{"repeat": table, "new": table}``.
+    """
+    tables = {part: build_table(records, part=part, correct=False, **options) for part in PARTS}
+    apply_correction(tables.values())
+    return tables
+
+
+@dataclass(frozen=True)
+class PartCount:
+    """Test users of one run split by the repeat flag; None counts when the record has no flags."""
+
+    repeat: int = None
+    new: int = None
+
+    @property
+    def known(self):
+        return self.repeat is not None
+
+
+def repeat_counts(records, task, models=None, datasets=None):
+    """``{(model, dataset): {seed: PartCount}}`` of the (newest) records, for ``task``.
+
+    Tasks a run could not do (N/A) or did not evaluate are left out.
+    """
+    records, _ = _newest_per_run([(f"record {record.get('run_key')}", record) for record in records])
+    counts = defaultdict(dict)
+    for record in records:
+        if (models and record["model"] not in models) or (datasets and record["dataset"] not in datasets):
+            continue
+        result = record["results"].get(task)
+        if not isinstance(result, dict):
+            continue
+        flags = repeat_flags(result)
+        count = PartCount() if flags is None else PartCount(int(flags.sum()), int((~flags).sum()))
+        counts[(record["model"], record["dataset"])][int(record["seed"])] = count
+    return dict(counts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,6 +646,7 @@ class _Style:
     missing: str
     not_applicable: str
     percent: str
+    unknown: str = UNKNOWN_MARK
 
 
 _MARKDOWN = _Style(bold="**{}**", underline="<u>{}</u>", star="\\*", dagger="†", plus_minus=" ± ",
@@ -426,6 +668,10 @@ def _format_cell(table, cell, style):
         return style.not_applicable
     if cell.status == MISSING:
         return style.missing
+    if cell.status == UNKNOWN:
+        return style.unknown
+    if cell.status == EMPTY:
+        return EMPTY_MARK
     text = f"{cell.mean:.{table.decimals}f}"
     if table.show_std and cell.std is not None:
         text += f"{style.plus_minus}{cell.std:.{table.decimals}f}"
@@ -476,7 +722,46 @@ def to_markdown(table, footnote=True):
     if footnote and table.footnote:
         lines.append("")
         lines.extend(f"- {_markdown_footnote_line(line)}" for line in table.footnote)
+    if footnote and table.warnings:
+        lines.append("")
+        lines.append("\n\n".join(f"> **Warning:** {warning}" for warning in table.warnings))
+    if footnote and table.comparisons:
+        lines += ["", comparisons_to_markdown(table)]
     return "\n".join(lines) + "\n"
+
+
+def _signed(value, decimals):
+    return MISSING_MARK if value is None or math.isnan(value) else f"{value:+.{decimals}f}"
+
+
+def _p_text(value):
+    return MISSING_MARK if value is None or math.isnan(value) else f"{value:.{P_VALUE_DIGITS}g}"
+
+
+def comparisons_to_markdown(table):
+    """The tested comparisons of a table: effect size with its CI, relative change, raw and corrected p."""
+    confidence = next((comparison.effect.confidence for comparison in table.comparisons if comparison.effect),
+                      DEFAULT_CONFIDENCE)
+    correction = CORRECTION_NAMES[table.correction]
+    header = ["Dataset", "Metric", "Best", "Runner-up", "Difference", f"{confidence:.0%} CI", "Relative",
+              "p", f"p ({correction})", "Pairs"]
+    lines = [f"Effect sizes of the tested comparisons: mean paired difference (best - runner-up) over "
+             f"(seed, user) pairs, {confidence:.0%} percentile bootstrap CI resampling those pairs; relative = "
+             f"difference / runner-up mean; {TEST_NAMES[table.test]}.", "",
+             _markdown_row(header), _markdown_row(["---"] * 4 + ["---:"] * (len(header) - 4))]
+    for comparison in table.comparisons:
+        effect, test = comparison.effect, comparison.user_test
+        lines.append(_markdown_row([
+            comparison.dataset, comparison.metric, comparison.best, comparison.runner_up,
+            _signed(effect.mean_difference if effect else None, table.decimals),
+            (f"[{_signed(effect.ci_low, table.decimals)}, {_signed(effect.ci_high, table.decimals)}]"
+             if effect else MISSING_MARK),
+            (f"{effect.relative * PERCENT:+.{PERCENT_DECIMALS}f}%" if effect and effect.relative is not None
+             else MISSING_MARK),
+            _p_text(test.pvalue if test else None), _p_text(comparison.user_p_adjusted),
+            str(test.n) if test else MISSING_MARK,
+        ]))
+    return "\n".join(lines)
 
 
 def to_latex(table):
@@ -502,15 +787,17 @@ def to_latex(table):
         lines.append(" & ".join([IMPROVE_LABEL] + [_format_improve(table.improve[column], _LATEX)
                                                    for column in table.columns]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}"]
-    if table.footnote:
-        footnote = " ".join(_latex_footnote_line(line) for line in table.footnote)
+    if table.footnote or table.warnings:
+        footnote = " ".join([_latex_footnote_line(line) for line in table.footnote]
+                            + [f"\\textbf{{Warning:}} {latex_escape(warning)}" for warning in table.warnings])
         lines += ["\\par\\smallskip", f"{{\\footnotesize {footnote}}}"]
     lines.append("\\end{table}")
     return "\n".join(lines) + "\n"
 
 
 CSV_FIELDS = ("group", "model", "dataset", "metric", "status", "mean", "std", "n_seeds", "seeds", "mark",
-              "star", "seed_star", "compared_with", "p_user", "p_seed")
+              "star", "seed_star", "compared_with", "p_user", "p_seed", "part", "test", "correction",
+              "p_user_adjusted", "p_seed_adjusted", "difference", "ci_low", "ci_high", "relative", "n_pairs")
 
 
 def _number(value):
@@ -521,8 +808,10 @@ def to_csv(table):
     """The table in long form, one line per (model, dataset, metric) plus the Improve lines.
 
     ``status`` is value/na/missing; ``mark`` is best/second; ``star`` / ``seed_star`` are 1/0;
-    ``p_user`` / ``p_seed`` are the best cell's test p-values against ``compared_with``;
-    Improve lines hold the percentage in ``mean``. Numbers are unrounded.
+    ``p_user`` / ``p_seed`` are the best cell's raw test p-values against ``compared_with``,
+    ``p_*_adjusted`` the corrected ones; ``difference`` [``ci_low``, ``ci_high``] and
+    ``relative`` the effect size over ``n_pairs`` (seed, user) pairs; ``part`` is empty (all
+    users), repeat or new. Improve lines hold the percentage in ``mean``. Numbers are unrounded.
     """
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
@@ -538,12 +827,21 @@ def to_csv(table):
                 "star": int(cell.star), "seed_star": int(cell.seed_star), "compared_with": cell.compared_with or "",
                 "p_user": _number(cell.user_test.pvalue if cell.user_test else None),
                 "p_seed": _number(cell.seed_test.pvalue if cell.seed_test else None),
+                "part": table.part or "", "test": table.test, "correction": table.correction,
+                "p_user_adjusted": _number(cell.user_p_adjusted if cell.user_test else None),
+                "p_seed_adjusted": _number(cell.seed_p_adjusted if cell.seed_test else None),
+                "difference": _number(cell.effect.mean_difference if cell.effect else None),
+                "ci_low": _number(cell.effect.ci_low if cell.effect else None),
+                "ci_high": _number(cell.effect.ci_high if cell.effect else None),
+                "relative": _number(cell.effect.relative if cell.effect else None),
+                "n_pairs": cell.user_test.n if cell.user_test else "",
             })
     if table.has_improve:
         for dataset, metric in table.columns:
             value = table.improve[(dataset, metric)]
             writer.writerow({"group": IMPROVE_GROUP, "model": IMPROVE_LABEL, "dataset": dataset, "metric": metric,
-                             "status": MISSING if value is None else VALUE, "mean": _number(value)})
+                             "status": MISSING if value is None else VALUE, "mean": _number(value),
+                             "part": table.part or ""})
     return buffer.getvalue()
 
 
@@ -571,6 +869,58 @@ def write_tables(table, out_dir=None, stem=None):
     stem = stem or table.task
     renderers = {"md": to_markdown, "tex": to_latex, "csv": to_csv}
     return {suffix: _write_text(out_dir / f"{stem}.{suffix}", render(table)) for suffix, render in renderers.items()}
+
+
+def _count_text(seed_counts):
+    """``"repeat / new (share)"`` of one (model, dataset) over its seeds; ranges when seeds differ."""
+    known = [count for count in seed_counts.values() if count.known]
+    if not known:
+        return f"{UNKNOWN_MARK} (no repeat flags)"
+
+    def span(values):
+        low, high = min(values), max(values)
+        return f"{low:,}" if low == high else f"{low:,}-{high:,}"
+
+    repeats = [count.repeat for count in known]
+    news = [count.new for count in known]
+    shares = [count.repeat / (count.repeat + count.new) for count in known if count.repeat + count.new]
+    share = f" ({np.mean(shares) * PERCENT:.1f}% repeat)" if shares else ""
+    text = f"{span(repeats)} / {span(news)}{share}"
+    unknown = len(seed_counts) - len(known)
+    if unknown:
+        text += f"; {unknown} of {len(seed_counts)} runs without repeat flags"
+    return text
+
+
+def repeat_counts_to_markdown(counts, models, datasets, task):
+    """Users per part: one row per model, one column per dataset: ``repeat / new (share)``."""
+    lines = [f"Test users per part ({task}): repeat / new-item targets (share of repeats; a range when seeds "
+             f"differ).", "", _markdown_row(["Model"] + list(datasets)), _markdown_row(["---"] * (len(datasets) + 1))]
+    for model in models:
+        lines.append(_markdown_row([model] + [_count_text(counts[(model, dataset)]) if (model, dataset) in counts
+                                              else MISSING_MARK for dataset in datasets]))
+    return "\n".join(lines) + "\n"
+
+
+def split_repeat_to_markdown(tables, counts):
+    """The repeat and the new-item tables (one correction family) and the users per part."""
+    first = tables[REPEAT]
+    sections = []
+    for part in PARTS:
+        sections += [f"## {PART_TITLES[part]}", "", to_markdown(tables[part])]
+    sections += ["## Users per part", "", repeat_counts_to_markdown(counts, first.models, first.datasets, first.task)]
+    return "\n".join(sections)
+
+
+def write_split_tables(tables, counts, out_dir=None, stem=None):
+    """Write ``<stem>-split-repeat.md`` (both parts and the counts) and each part's ``.tex`` / ``.csv``."""
+    out_dir = Path(out_dir) if out_dir else default_tables_dir()
+    stem = stem or tables[REPEAT].task
+    paths = {"split md": _write_text(out_dir / f"{stem}-split-repeat.md", split_repeat_to_markdown(tables, counts))}
+    for part, table in tables.items():
+        paths[f"{part} tex"] = _write_text(out_dir / f"{stem}-{part}.tex", to_latex(table))
+        paths[f"{part} csv"] = _write_text(out_dir / f"{stem}-{part}.csv", to_csv(table))
+    return paths
 
 
 # --------------------------------------------------------------------------------------------
@@ -725,6 +1075,25 @@ def write_efficiency(records, out_dir=None, stem=EFFICIENCY_STEM, plot=True):
 # CLI
 # --------------------------------------------------------------------------------------------
 
+def add_statistics_arguments(parser):
+    """The options shared by ``table`` and ``compare``: test, correction and bootstrap."""
+    parser.add_argument("--test", default=DEFAULT_TEST, choices=TESTS,
+                        help="paired test on per-user values (default: ttest)")
+    parser.add_argument("--correction", default=DEFAULT_CORRECTION, choices=CORRECTIONS,
+                        help="multiple-comparison correction over all comparisons shown together (default: holm)")
+    parser.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
+                        help="confidence level of the bootstrap interval of the mean difference")
+    parser.add_argument("--bootstrap-resamples", type=int, default=DEFAULT_BOOTSTRAP_RESAMPLES,
+                        help="bootstrap resamples of the users")
+    parser.add_argument("--bootstrap-seed", type=int, default=DEFAULT_BOOTSTRAP_SEED, help="seed of the bootstrap")
+
+
+def statistics_options(args):
+    """:func:`build_table` keyword arguments from :func:`add_statistics_arguments` options."""
+    return {"test": args.test, "correction": args.correction, "confidence": args.confidence,
+            "n_resamples": args.bootstrap_resamples, "bootstrap_seed": args.bootstrap_seed}
+
+
 def build_table_parser():
     parser = argparse.ArgumentParser(
         prog="run_benchmark.py table",
@@ -737,6 +1106,10 @@ def build_table_parser():
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
     parser.add_argument("--proposed", nargs="+", default=[], help="models of the proposed group (Improve row)")
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="significance level of the marks")
+    add_statistics_arguments(parser)
+    parser.add_argument("--split-repeat", action="store_true",
+                        help="also report repeat targets (target item in the input window) and new-item targets "
+                             "apart, with user counts and tests on each part")
     parser.add_argument("--std", action="store_true", help="show mean ± std over seeds")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results-dir>/tables)")
     parser.add_argument("--stem", default=None, help="output file name stem (default: the task)")
@@ -762,13 +1135,25 @@ def table_main(argv=None):
         results_dir = args.results_dir or default_results_dir()
         print(f"No usable run records under {Path(results_dir) / 'runs'} match the filters.", file=sys.stderr)
         return 1
-    table = build_table(records, task=args.task, metrics=args.metrics, proposed=args.proposed, alpha=args.alpha,
-                        show_std=args.std, models=args.models, datasets=args.datasets)
+    options = dict(task=args.task, metrics=args.metrics, proposed=args.proposed, alpha=args.alpha,
+                   show_std=args.std, models=args.models, datasets=args.datasets, **statistics_options(args))
+    table = build_table(records, **options)
     print(to_markdown(table))
     for problem in table.problems:
         print(f"  - {problem}", file=sys.stderr)
+    for warning in table.warnings:
+        print(f"Warning: {warning}", file=sys.stderr)
     out_dir = args.out or default_tables_dir(args.results_dir)
     paths = write_tables(table, out_dir, args.stem)
+    if args.split_repeat:
+        split = build_split_tables(records, **options)
+        counts = repeat_counts(records, args.task, set(table.models), set(table.datasets))
+        print(split_repeat_to_markdown(split, counts))
+        unflagged = sum(not count.known for seeds in counts.values() for count in seeds.values())
+        if unflagged:
+            print(f"Note: {unflagged} run(s) have no repeat flags (made before they were stored): shown as "
+                  f"{UNKNOWN_MARK} in the repeat/new tables; rerun them with --rerun to split them.", file=sys.stderr)
+        paths.update(write_split_tables(split, counts, out_dir, args.stem))
     paths.update({f"efficiency {suffix}": path for suffix, path in
                   write_efficiency(records, out_dir, plot=not args.no_plot).items()})
     for name, path in paths.items():

@@ -12,6 +12,10 @@ A model that needs a different schedule (e.g. multi-stage training) sets a ``tra
 attribute naming a subclass of :class:`Trainer`. Such a subclass that overrides ``fit`` calls
 :meth:`Trainer.notify_validation` after each validation, so that Ray Tune trials
 (``mbrec.benchmark.tune``) see its valid scores epoch by epoch.
+
+Test lock: ``fit`` sees only the train and valid splits. It must leave the selected weights
+both loaded and written at ``checkpoint_path``; the runner hashes that file (sha256) into the
+record before it evaluates test, once.
 """
 
 import logging
@@ -154,6 +158,9 @@ class NoTrainingTrainer(Trainer):
         self.validation_callbacks = []
 
     def fit(self, train_dataset, valid_dataset, checkpoint_path):
+        # The rule's state is its checkpoint too, so every run's record can name (hash) the
+        # weights its test metrics came from.
+        self._save(checkpoint_path)
         score = self.validate(valid_dataset)
         logger.info(f"{type(self.model).__name__} does not train; valid {self.valid_task} "
                     f"{self.valid_metric} {score:.4f}")

@@ -238,7 +238,7 @@ def _fit_trial(spec, overrides, chosen, trial_dir, tune):
     settings = merge_layers(spec["model"], spec["dataset"], spec["config_files"], overrides)
     seed = int(settings["seed"])
     _, dataset_dir = prepare_data(spec["dataset"], settings, spec["data_path"], spec["cache_dir"])
-    built = setup_run(model_class, dataset_dir, settings, seed, spec["device"])
+    built = setup_run(model_class, dataset_dir, settings, seed, spec["device"], with_test=False)
     trainer = getattr(model_class, "trainer_class", Trainer)(built.config, built.network, built.device)
 
     def report(entry, best_score, best_epoch):

@@ -150,12 +150,18 @@ class MultiBehaviorSequentialDataset(SequentialDataset):
         # the training split's inter_feat so that dataset statistics never see valid/test targets.
         self.train_visible_rows = np.flatnonzero(rank_in_user < np.maximum(row_count - 2, 1))
 
-    def build(self):
-        """Return ``[train, valid, test]`` views sharing this dataset's arrays."""
+    def build(self, splits=SPLITS):
+        """Return views of ``splits`` (default ``[train, valid, test]``) sharing this dataset's arrays.
+
+        A tuning trial asks for ``("train", "valid")`` only, so the test view never exists there.
+        """
+        unknown = [split for split in splits if split not in SPLITS]
+        if unknown:
+            raise ValueError(f"Unknown split(s) {unknown}; valid splits: {SPLITS}")
         if not hasattr(self, "split_rows"):
             self._change_feat_format()  # DataFrame -> Interaction, then data_augmentation()
         views = []
-        for split in SPLITS:
+        for split in splits:
             rows = self.split_rows[split]
             visible = self.train_visible_rows if split == "train" else rows
             view = self.copy(self.inter_feat[torch.from_numpy(visible)])
@@ -186,6 +192,24 @@ class MultiBehaviorSequentialDataset(SequentialDataset):
         rows = start[:, None] + offsets[None, :]  # [B, L]
         rows[offsets[None, :] >= lengths[:, None]] = -1
         return rows, lengths
+
+    def target_in_window(self, target_rows, chunk_size=None):
+        """``[B]`` bool: whether each example's target item occurs in its own input window.
+
+        A True target is a *repeat* (the user already interacted with the item, with any
+        behavior, within the ``MAX_ITEM_LIST_LENGTH`` rows the model sees); False is a *new*
+        item. Computed in chunks so the ``[chunk, L]`` window never holds all users at once.
+        """
+        target_rows = np.asarray(target_rows, dtype=np.int64)
+        chunk_size = int(chunk_size or self.config["eval_batch_size"] or len(target_rows) or 1)
+        items = self.row_arrays[self.iid_field]
+        flags = np.zeros(len(target_rows), dtype=bool)
+        for begin in range(0, len(target_rows), chunk_size):
+            rows = target_rows[begin:begin + chunk_size]
+            window, _ = self.input_window(rows)  # [chunk, L], -1 = padding
+            window_items = np.where(window >= 0, items[np.maximum(window, 0)], PAD_ID)  # [chunk, L]
+            flags[begin:begin + chunk_size] = (window_items == items[rows][:, None]).any(axis=1)
+        return flags
 
     def make_batch(self, target_rows, with_target=False, behavior_hint=None):
         """Gather one batch as a RecBole ``Interaction``.

@@ -8,7 +8,9 @@ padding). Everything else happens here, identically for every model:
 * with ``mask_history`` the items of the input window are removed from the ranking;
 * ties are broken pessimistically: an item whose score equals the target's counts as ranked
   above it, so a model that outputs constant scores gets no hits;
-* per-user 0-based ranks are kept, keyed by user token; every metric is a function of them.
+* per-user 0-based ranks are kept, keyed by user token; every metric is a function of them;
+* per user, a *repeat* flag says whether the target item occurs in the model's own input
+  window (any behavior); tables report repeat and new-item targets apart (``--split-repeat``).
 
 Tasks (protocol.md): ``behavior_specific`` (told the target's behavior, all users),
 ``target_behavior`` (told the dataset's target behavior, only users whose target has it),
@@ -86,10 +88,13 @@ class TaskResult:
     ranks: np.ndarray  # [U] 0-based pessimistic ranks
     metrics: dict
     note: str = ""
+    repeat: np.ndarray = None  # [U] bool: the target item is in the user's input window
 
     def to_record(self):
-        return {"metrics": self.metrics, "n_users": int(len(self.users)), "note": self.note,
-                "per_user": {"user": [str(u) for u in self.users], "rank": self.ranks.astype(int).tolist()}}
+        per_user = {"user": [str(u) for u in self.users], "rank": self.ranks.astype(int).tolist()}
+        if self.repeat is not None:
+            per_user["repeat"] = self.repeat.astype(int).tolist()  # 0/1 keeps the JSON small
+        return {"metrics": self.metrics, "n_users": int(len(self.users)), "note": self.note, "per_user": per_user}
 
 
 class Evaluator:
@@ -113,6 +118,7 @@ class Evaluator:
         rows = split_dataset.target_rows
         target_behaviors = split_dataset.target_behaviors(rows)
         conditioned = bool(getattr(model, "behavior_conditioned", False))
+        repeats = split_dataset.target_in_window(rows, self.batch_size)  # [U], same for every task
         results = {}
         with torch.no_grad():
             item_ranks_told, item_ranks_blind = None, None
@@ -127,24 +133,24 @@ class Evaluator:
             note = "" if conditioned else "model ignores the behavior hint"
             if "behavior_specific" in tasks:
                 results["behavior_specific"] = self._result("behavior_specific", split_dataset, rows,
-                                                            item_ranks_told, note)
+                                                            item_ranks_told, repeats, note)
             if "target_behavior" in tasks:
                 counted = target_behaviors == split_dataset.target_behavior_id
                 results["target_behavior"] = self._result("target_behavior", split_dataset, rows[counted],
-                                                          item_ranks_told[counted], note)
+                                                          item_ranks_told[counted], repeats[counted], note)
             if "next_item" in tasks:
-                results["next_item"] = self._result("next_item", split_dataset, rows, item_ranks_blind)
+                results["next_item"] = self._result("next_item", split_dataset, rows, item_ranks_blind, repeats)
             if "behavior_item" in tasks:
                 results["behavior_item"] = (
                     self._result("behavior_item", split_dataset, rows,
-                                 self._pair_ranks(model, split_dataset, rows, device))
+                                 self._pair_ranks(model, split_dataset, rows, device), repeats)
                     if hasattr(model, "full_sort_predict_behavior_item") else None)
         model.train(was_training)
         return results
 
-    def _result(self, task, split_dataset, rows, ranks, note=""):
+    def _result(self, task, split_dataset, rows, ranks, repeats, note=""):
         return TaskResult(task, split_dataset.user_tokens(rows), ranks,
-                          summarize(ranks, self.metrics, self.topk), note)
+                          summarize(ranks, self.metrics, self.topk), note, repeats)
 
     def _batches(self, split_dataset, rows, behavior_hint, description):
         loader = SequenceLoader(self.config, split_dataset, self.batch_size, behavior_hint=behavior_hint,

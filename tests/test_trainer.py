@@ -1,0 +1,78 @@
+"""Test lock: training and model selection never touch the test split; the record names the checkpoint."""
+
+import hashlib
+
+import pytest
+import torch
+
+from mbrec import registry
+from mbrec.benchmark.trainer import Trainer
+from mbrec.data import dataset as dataset_module
+from mbrec.data.dataset import MultiBehaviorSequentialDataset
+from mbrec.evaluation import Evaluator
+from tests.conftest import make_config, write_inter
+
+ROWS = [(f"u{user}", f"i{(user + step) % 7}", "view" if step % 3 else "buy", step)
+        for user in range(12) for step in range(6)]
+
+
+@pytest.fixture
+def touched_splits(monkeypatch):
+    """Record the split of every loader built and every evaluation run, through the real code."""
+    touched = {"loader": [], "evaluate": []}
+    original_loader_init = dataset_module.SequenceLoader.__init__
+    original_evaluate = Evaluator.evaluate
+
+    def loader_init(self, config, split_dataset, *args, **kwargs):
+        touched["loader"].append(split_dataset.split_name)
+        original_loader_init(self, config, split_dataset, *args, **kwargs)
+
+    def evaluate(self, model, split_dataset, *args, **kwargs):
+        touched["evaluate"].append(split_dataset.split_name)
+        return original_evaluate(self, model, split_dataset, *args, **kwargs)
+
+    monkeypatch.setattr(dataset_module.SequenceLoader, "__init__", loader_init)
+    monkeypatch.setattr(Evaluator, "evaluate", evaluate)
+    return touched
+
+
+@pytest.mark.parametrize("model_name", ["SASRec", "Pop"])
+def test_fit_never_touches_the_test_split(tmp_path, touched_splits, model_name):
+    config = make_config(model_name, write_inter(tmp_path, "lock", ROWS), behaviors=["view", "cart", "buy"],
+                         hidden_size=8, inner_size=16, n_layers=1, epochs=3, stopping_step=0)
+    dataset = MultiBehaviorSequentialDataset(config)
+    train, valid = dataset.build(splits=("train", "valid"))  # what a tuning trial builds
+    model_class = registry.get_model_class(model_name)
+    network = model_class(config, train)
+    trainer = getattr(model_class, "trainer_class", Trainer)(config, network, torch.device("cpu"))
+    checkpoint = tmp_path / "best.pth"
+    summary = trainer.fit(train, valid, checkpoint)
+    assert touched_splits["evaluate"] and set(touched_splits["evaluate"]) == {"valid"}
+    assert set(touched_splits["loader"]) <= {"train", "valid"} and "valid" in touched_splits["loader"]
+    assert checkpoint.exists() and summary["best_valid_score"] >= 0.0
+
+
+def test_the_record_names_the_checkpoint_test_was_evaluated_on(tmp_path, touched_splits, monkeypatch):
+    from tests.test_runner import tiny_run
+
+    seen_at_test = {}
+    counting_evaluate = Evaluator.evaluate  # the recording wrapper installed by the fixture
+
+    def evaluate(self, model, split_dataset, *args, **kwargs):
+        if split_dataset.split_name == "test":
+            checkpoint = next((tmp_path / "results" / "runs").rglob("*.pth"))
+            seen_at_test["sha256"] = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+            stored = torch.load(checkpoint, weights_only=True)
+            seen_at_test["same_weights"] = all(torch.equal(stored[name], tensor)
+                                               for name, tensor in model.state_dict().items())
+        return counting_evaluate(self, model, split_dataset, *args, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "evaluate", evaluate)
+    record = tiny_run(tmp_path, hidden_size=8, inner_size=16, epochs=2)
+    lock = record["test_lock"]
+    # Test ran once, last, on the weights whose file hash the record stores.
+    assert touched_splits["evaluate"].count("test") == 1 and touched_splits["evaluate"][-1] == "test"
+    assert seen_at_test["same_weights"] and lock["checkpoint_sha256"] == seen_at_test["sha256"]
+    assert lock["valid_value"] == pytest.approx(record["training"]["best_valid_score"])
+    assert lock["valid_value"] == max(entry["valid_score"] for entry in record["training"]["history"])
+    assert lock["valid_metric"] == "ndcg@10" and lock["selected_on"] == "valid"
