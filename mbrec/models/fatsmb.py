@@ -13,8 +13,9 @@ MBAE (Sec. 3.1). A bidirectional post-LN Transformer (FFN 4d, ReLU). ``position_
 - ``ape``: item + behavior + absolute position embeddings (Eq. 9);
 - ``rope``: item + behavior embeddings, RoPE on q and k (Eq. 10-11);
 - ``barope``: item embeddings only; RoPE on q and k, then the behavior scale ``h(b)`` on the
-  rotated q and k (Eq. 13), ``h`` a bias-free linear map of the behavior embedding per layer
-  (the code's form; the paper says MLP) with one factor per rotated pair, so that Eq. 30
+  rotated q and k (Eq. 13), ``h(b) = 1 + W e_b`` per layer (the code uses a bias-free linear map
+  ``W e_b``; the paper says MLP; the 1 makes BaRoPE start as RoPE) with one factor per rotated
+  pair, so that Eq. 30
   (scores relative in position) holds exactly; the code's one factor per dimension breaks it
   (see :mod:`mbrec.layers.attention`).
 The encoder output at the slot is the preference: ``z_b`` with the true behavior there,
@@ -118,7 +119,9 @@ class MultiBehaviorEncoder(nn.Module):
         scales = None
         if self.behavior_scales is not None:
             behavior = self.behavior_embedding(behaviors)  # [B, L', D]
-            scales = [scale(behavior) for scale in self.behavior_scales]
+            # h(b) = 1 + W e_b: BaRoPE starts as plain RoPE and learns how behaviors reweight it
+            # (a random h, as the code's N(0, 1) map, scrambles the attention signs at the start)
+            scales = [1 + scale(behavior) for scale in self.behavior_scales]  # [B, L', D/2] each
         return self.transformer(hidden, padding_mask, scales)
 
 
@@ -230,16 +233,13 @@ class FatsMB(SequentialRecommender):
                                                          config["beta_min"], config["beta_max"]))
         self.encoder.apply(self._init_weights)
         self.decoder.apply(self._init_weights)
-        for layer in self.encoder.transformer.layers:
-            # Xavier for the attention maps: with BERT4Rec's N(0, 0.02) q and k every score starts
-            # near zero and training sits on a uniform-attention plateau for many steps
-            # (measured on the behavior-rule data: no progress in 120 steps vs. a drop after 90)
-            for projection in (layer.attention.query, layer.attention.key, layer.attention.value, layer.attention.output):
-                nn.init.xavier_uniform_(projection.weight)
-        if self.encoder.behavior_scales is not None:
-            # h(b) entries start with unit variance, so BaRoPE starts on the scale of plain RoPE
-            for scale in self.encoder.behavior_scales:
-                nn.init.normal_(scale.weight, std=1.0 / (self.initializer_range * hidden ** 0.5))
+        # Xavier for the attention maps and BaRoPE's W: with BERT4Rec's N(0, 0.02) for both factors
+        # of a product (q and k; W and e_b) its gradient starts near zero, and training sits on a
+        # plateau (measured on the behavior-rule data: no progress in 120 steps vs. a drop after 90)
+        attention_maps = [projection for layer in self.encoder.transformer.layers for projection in
+                          (layer.attention.query, layer.attention.key, layer.attention.value, layer.attention.output)]
+        for projection in attention_maps + list(self.encoder.behavior_scales or []):
+            nn.init.xavier_uniform_(projection.weight)
         self.stage = None
         self._sampling_generator = None
         self.set_stage(self.training_stages[0])
