@@ -19,6 +19,7 @@ MBREC_MODELS = {
     "DiffuRecSys": "mbrec.models.diffurecsys:DiffuRecSys",
     "DiffuRecSysV1": "mbrec.models.diffurecsys:DiffuRecSysV1",
     "DiffuRecSysMB": "mbrec.models.diffurecsys:DiffuRecSysMB",
+    "FatsMB": "mbrec.models.fatsmb:FatsMB",
 }
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mbrec.data.dataset import MultiBehaviorSequentialDataset, SequenceLoader
-from mbrec.layers.diffusion import GaussianDiffusion, beta_schedule, offset_noise
+from mbrec.layers.diffusion import GaussianDiffusion, beta_schedule, classifier_free_guidance, offset_noise
 from mbrec.registry import get_model_class
 from tests.conftest import make_config, write_inter
 from tests.test_runner import behavior_rule_rows, train_and_test
@@ -72,6 +72,34 @@ def test_ddim_with_the_true_x0_lands_on_it():
         x_t = diffusion.ddim_step(x0, x_t, torch.full((4,), step), torch.full((4,), prev_step))
     assert torch.allclose(x_t, x0, atol=1e-4)
     assert len(diffusion.ddim_schedule(10)) == 20
+
+
+@pytest.mark.parametrize("prediction_type", ["x0", "epsilon"])
+def test_ddim_sample_with_a_perfect_predictor_returns_x0(prediction_type):
+    """A denoiser that knows x_0 (or, equivalently, the noise in x_t) lands on x_0 from any x_T."""
+    torch.manual_seed(3)
+    diffusion = GaussianDiffusion(beta_schedule("exp", 200))
+    x0 = torch.randn(4, 16)
+
+    def perfect(x_t, steps):
+        return x0 if prediction_type == "x0" else diffusion.predict_noise_from_x0(x_t, steps, x0)
+
+    assert torch.allclose(diffusion.ddim_sample(perfect, torch.randn(4, 16), 10, prediction_type), x0, atol=1e-4)
+
+
+def test_alpha_bar_decreases_inside_the_unit_interval():
+    alpha_bar = GaussianDiffusion(beta_schedule("exp", 200)).alpha_bar
+    assert bool((alpha_bar > 0).all()) and bool((alpha_bar < 1).all())
+    assert bool((alpha_bar[1:] < alpha_bar[:-1]).all())
+
+
+def test_classifier_free_guidance_follows_eq_17():
+    conditional, unconditional = torch.tensor([2.0]), torch.tensor([-1.0])
+    assert classifier_free_guidance(conditional, unconditional, 0.0).item() == 2.0  # w = 0: conditional
+    assert classifier_free_guidance(conditional, unconditional, 1.0).item() == 5.0  # (1 + w) c - w u
+    assert classifier_free_guidance(conditional, unconditional, 1.0, sign="plus").item() == 3.0
+    with pytest.raises(ValueError, match="guidance sign"):
+        classifier_free_guidance(conditional, unconditional, 1.0, sign="times")
 
 
 def test_ancestral_step_adds_no_noise_at_the_last_step():

@@ -9,6 +9,9 @@ noisy step, ``t = T - 1`` the noisiest, and ``alpha_bar_{-1} = 1``.
 - ancestral sampling step from a predicted x_0 (DiffuRec's reverse phase)
 - deterministic DDIM step (Song et al., ICLR 2021, Eq. 12 with eta = 0) over a strided subset
   of steps (FatsMB's sampler)
+- ``ddim_sample``: the strided deterministic DDIM loop around any denoiser that predicts x_0 or
+  the noise (diffusers' ``prediction_type``: ``x0`` / ``epsilon``)
+- classifier-free guidance (Ho & Salimans 2022; FatsMB Eq. 17), ``classifier_free_guidance``
 - offset noise (DiffuRecSys Eq. 17): the training noise has a per-sample constant added to
   every dimension, so the model also learns to remove a shift of the mean
 
@@ -168,12 +171,52 @@ class GaussianDiffusion(nn.Module):
         alpha_bar_prev = alpha_bar_prev.to(xt.dtype).view(-1, *([1] * (xt.dim() - 1)))
         return alpha_bar_prev.sqrt() * x0_hat + (1 - alpha_bar_prev).sqrt() * noise_hat
 
+    def x0_from_output(self, xt, steps, output, prediction_type):
+        """The denoiser's output read as x_0: ``prediction_type`` is ``x0`` (as is) or ``epsilon``."""
+        if prediction_type == "x0":
+            return output
+        if prediction_type == "epsilon":
+            return self.predict_x0_from_noise(xt, steps, output)
+        raise ValueError(f"Unknown prediction type '{prediction_type}'; use x0 or epsilon")
+
+    def ddim_sample(self, denoise, x_T, skip, prediction_type="x0"):
+        """Run deterministic DDIM from ``x_T`` over every ``skip``-th step; return x_0.
+
+        ``denoise(x_t, steps)`` returns the model output (x_0 or noise, per ``prediction_type``)
+        for a ``[B]`` tensor of equal steps. The last update lands on the predicted x_0 exactly.
+        """
+        x_t = x_T
+        for step, prev_step in self.ddim_schedule(skip):
+            steps = torch.full((x_t.size(0),), step, device=x_t.device, dtype=torch.long)
+            x0_hat = self.x0_from_output(x_t, steps, denoise(x_t, steps), prediction_type)
+            x_t = self.ddim_step(x0_hat, x_t, steps, torch.full_like(steps, prev_step))
+        return x_t
+
     def ddim_schedule(self, skip):
         """Steps visited by a strided DDIM sampler, noisiest first: T-1, T-1-skip, ..., and their successors."""
         if skip < 1:
             raise ValueError(f"DDIM step skip must be >= 1, got {skip}")
         visited = list(range(self.n_steps - 1, -1, -skip))
         return list(zip(visited, visited[1:] + [-1]))
+
+
+GUIDANCE_SIGNS = ("minus", "plus")
+
+
+def classifier_free_guidance(conditional, unconditional, weight, sign="minus"):
+    """Combine conditional and unconditional denoiser outputs (Ho & Salimans 2022).
+
+    ``minus`` (FatsMB Eq. 17): ``(1 + w) * cond - w * uncond``, i.e. move away from the
+    unconditional output. ``plus``: ``(1 + w) * cond + w * uncond``, what FatsMB's public code
+    computes (kept as an option to reproduce it). ``w = 0`` gives the conditional output. The
+    combination is linear, so it is the same whether the outputs are noise or x_0 predictions
+    for the same x_t.
+    """
+    if sign == "minus":
+        return (1 + weight) * conditional - weight * unconditional
+    if sign == "plus":
+        return (1 + weight) * conditional + weight * unconditional
+    raise ValueError(f"Unknown guidance sign '{sign}'; use one of {GUIDANCE_SIGNS}")
 
 
 def offset_noise(shape, scale, delta=None, device=None, generator=None):

@@ -1,0 +1,54 @@
+"""Mixture of experts with shared experts and task-private experts under hard task routing.
+
+Customized Gate Control (CGC; Tang et al., "Progressive Layered Extraction", RecSys 2020) as FatsMB
+uses it for behaviors (Yang et al., KDD'26, Eq. 18-20): every sample names a task (here: a target
+behavior). Its output is a softmax-gated sum over the ``n_shared`` shared experts and the
+``n_private`` experts private to that task (the task is a hard router: other tasks' private
+experts are never evaluated for it). Task 0 is the null task (classifier-free guidance drops the
+behavior): it has no private experts, only the shared ones (Eq. 20). Each task has its own gate,
+as in CGC (the paper's Eq. 18 writes a single ``W_g``; its code keeps one gate per behavior).
+"""
+
+import torch
+from torch import nn
+
+NULL_TASK = 0
+
+
+class TaskRoutedMoE(nn.Module):
+    """``[N, D]`` inputs with task ids ``[N]`` (0 = null, 1..n_tasks) -> ``[N, D]``; each expert is ``Linear(D, D)``."""
+
+    def __init__(self, dim, n_tasks, n_shared, n_private):
+        super().__init__()
+        if n_shared < 1:
+            raise ValueError("the null task needs at least one shared expert")
+        self.n_tasks = n_tasks
+        self.n_shared = n_shared
+        self.n_private = n_private
+        self.shared_experts = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_shared))
+        # private_experts[task - 1][j]: the j-th private expert of task ``task``
+        self.private_experts = nn.ModuleList(
+            nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_private)) for _ in range(n_tasks))
+        self.null_gate = nn.Linear(dim, n_shared, bias=False)
+        self.task_gates = nn.ModuleList(nn.Linear(dim, n_shared + n_private, bias=False) for _ in range(n_tasks))
+
+    def forward(self, x, task):
+        unknown = (task < 0) | (task > self.n_tasks)
+        if unknown.any():
+            raise ValueError(f"task ids must lie in 0..{self.n_tasks}, got {task[unknown].unique().tolist()}")
+        shared = torch.stack([expert(x) for expert in self.shared_experts], dim=1)  # [N, n_shared, D]
+        output = torch.zeros_like(x)
+        null = task == NULL_TASK
+        if null.any():  # Eq. 20: shared experts only
+            weights = torch.softmax(self.null_gate(x[null]), dim=-1)  # [n, n_shared]
+            output[null] = (weights.unsqueeze(-1) * shared[null]).sum(dim=1)
+        for task_id in range(1, self.n_tasks + 1):
+            selected = task == task_id
+            if not selected.any():
+                continue
+            inputs = x[selected]
+            private = [expert(inputs) for expert in self.private_experts[task_id - 1]]
+            experts = torch.cat([shared[selected], *(out.unsqueeze(1) for out in private)], dim=1)  # [n, E, D]
+            weights = torch.softmax(self.task_gates[task_id - 1](inputs), dim=-1)  # Eq. 18: [n, E]
+            output[selected] = (weights.unsqueeze(-1) * experts).sum(dim=1)  # Eq. 19
+        return output
