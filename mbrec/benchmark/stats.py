@@ -91,6 +91,23 @@ def _paired_vectors(a, b, alternative, test):
     return a, b
 
 
+def _guarded_paired_test(a, b, alternative, name, caller, scipy_test):
+    """Shared edge cases of the paired tests, then ``scipy_test(a, b)`` for the rest.
+
+    Fewer than :data:`MIN_PAIRS_FOR_TTEST` pairs -> statistic and p-value NaN; all differences
+    zero -> statistic 0, p-value 1 (no evidence of any difference).
+    """
+    a, b = _paired_vectors(a, b, alternative, caller)
+    n = int(a.size)
+    mean_difference = float(np.mean(a - b)) if n else math.nan
+    if n < MIN_PAIRS_FOR_TTEST:
+        return PairedTestResult(math.nan, math.nan, mean_difference, n, alternative, name)
+    if np.all(a == b):
+        return PairedTestResult(0.0, 1.0, 0.0, n, alternative, name)
+    outcome = scipy_test(a, b)
+    return PairedTestResult(float(outcome.statistic), float(outcome.pvalue), mean_difference, n, alternative, name)
+
+
 def paired_ttest(a, b, alternative="two-sided"):
     """Paired t-test of ``a`` vs ``b`` (``scipy.stats.ttest_rel``).
 
@@ -104,19 +121,13 @@ def paired_ttest(a, b, alternative="two-sided"):
         (identical vectors) -> statistic 0 and p-value 1, since there is no evidence of any
         difference.
     """
-    a, b = _paired_vectors(a, b, alternative, "paired_ttest")
-    n = int(a.size)
-    mean_difference = float(np.mean(a - b)) if n else math.nan
-    if n < MIN_PAIRS_FOR_TTEST:
-        return PairedTestResult(math.nan, math.nan, mean_difference, n, alternative, "ttest")
-    if np.all(a == b):
-        return PairedTestResult(0.0, 1.0, 0.0, n, alternative, "ttest")
-    with warnings.catch_warnings():
-        # Constant non-zero differences give an infinite statistic; scipy warns, the answer is right.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        outcome = scipy_stats.ttest_rel(a, b, alternative=alternative)
-    return PairedTestResult(float(outcome.statistic), float(outcome.pvalue), mean_difference, n, alternative,
-                            "ttest")
+    def ttest_rel(a, b):
+        with warnings.catch_warnings():
+            # Constant non-zero differences give an infinite statistic; scipy warns, the answer is right.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return scipy_stats.ttest_rel(a, b, alternative=alternative)
+
+    return _guarded_paired_test(a, b, alternative, "ttest", "paired_ttest", ttest_rel)
 
 
 def wilcoxon_test(a, b, alternative="two-sided"):
@@ -126,20 +137,14 @@ def wilcoxon_test(a, b, alternative="two-sided"):
     (scipy's default ``zero_method="wilcox"``); ``n`` still counts every pair. Fewer than
     :data:`MIN_PAIRS_FOR_TTEST` pairs -> NaN; all differences zero -> statistic 0, p-value 1.
     """
-    a, b = _paired_vectors(a, b, alternative, "wilcoxon_test")
-    n = int(a.size)
-    mean_difference = float(np.mean(a - b)) if n else math.nan
-    if n < MIN_PAIRS_FOR_TTEST:
-        return PairedTestResult(math.nan, math.nan, mean_difference, n, alternative, "wilcoxon")
-    if np.all(a == b):
-        return PairedTestResult(0.0, 1.0, 0.0, n, alternative, "wilcoxon")
-    with warnings.catch_warnings():
-        # Few non-zero differences make scipy warn that its normal approximation is rough.
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        outcome = scipy_stats.wilcoxon(a, b, alternative=alternative)
-    return PairedTestResult(float(outcome.statistic), float(outcome.pvalue), mean_difference, n, alternative,
-                            "wilcoxon")
+    def wilcoxon(a, b):
+        with warnings.catch_warnings():
+            # Few non-zero differences make scipy warn that its normal approximation is rough.
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return scipy_stats.wilcoxon(a, b, alternative=alternative)
+
+    return _guarded_paired_test(a, b, alternative, "wilcoxon", "wilcoxon_test", wilcoxon)
 
 
 _TEST_FUNCTIONS = {"ttest": paired_ttest, "wilcoxon": wilcoxon_test}
