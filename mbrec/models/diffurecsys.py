@@ -43,6 +43,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.init import xavier_normal_initialization
 from recbole.utils import InputType
 
+from mbrec.models import PredictFromFullSort
 from mbrec.layers.behavior import MultiBehaviorEmbedding
 from mbrec.layers.diffusion import GaussianDiffusion, TimestepEncoder, beta_schedule, offset_noise
 
@@ -80,7 +81,7 @@ class ApproximatorBlock(nn.Module):
         return hidden + self.dropout(self.ffn(self.ffn_norm(hidden)))
 
 
-class DiffuRecSys(SequentialRecommender):
+class DiffuRecSys(PredictFromFullSort, SequentialRecommender):
     """Diffusion over the target item embedding with a Transformer approximator (see module doc)."""
 
     input_type = InputType.POINTWISE
@@ -218,9 +219,6 @@ class DiffuRecSys(SequentialRecommender):
     def full_sort_predict(self, interaction):
         return self.reverse(interaction) @ self.item_embedding.weight.T  # [B, n_items]
 
-    def predict(self, interaction):
-        scores = self.full_sort_predict(interaction)
-        return scores.gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
 
 
 class DiffuRecSysV1(DiffuRecSys):

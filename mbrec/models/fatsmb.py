@@ -64,6 +64,7 @@ from torch.nn import functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
+from mbrec.models import PredictFromFullSort
 from mbrec.benchmark.staged_trainer import StagedTrainer
 from mbrec.layers.attention import TransformerEncoder
 from mbrec.layers.diffusion import GaussianDiffusion, beta_schedule, classifier_free_guidance, timestep_embedding
@@ -197,7 +198,7 @@ class LatentDenoiser(nn.Module):
         return x
 
 
-class FatsMB(SequentialRecommender):
+class FatsMB(PredictFromFullSort, SequentialRecommender):
     """MBAE + latent diffusion with MCGLN, trained in three stages (see the module docstring)."""
 
     input_type = InputType.POINTWISE
@@ -395,6 +396,3 @@ class FatsMB(SequentialRecommender):
         z_null = self.encode_slot(interaction, torch.full_like(asked, self.mask_behavior))
         return self.decode(self.generate(z_null, asked, self.sampling_generator(z_null.device)))  # [B, n_items]
 
-    def predict(self, interaction):
-        scores = self.full_sort_predict(interaction)
-        return scores.gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)
