@@ -182,6 +182,19 @@ def test_output_ignores_padded_history_positions(tmp_path, model):
     assert not torch.allclose(x0_hat(disturbed), reference, atol=1e-3)
 
 
+def test_sampling_noise_is_seeded_per_evaluation(tmp_path):
+    config, network, _, test = tiny_model(tmp_path, "DiffuRecSys", cycle_rows())
+    batch = next(iter(SequenceLoader(config, test, 64, shuffle=False, training=False)))
+    network.eval()
+    first = network.full_sort_predict(batch)
+    torch.manual_seed(123)  # the global RNG (training's) does not move evaluation noise
+    network.train()
+    network.eval()
+    assert torch.equal(first, network.full_sort_predict(batch))
+    network.reseed_sampling(network.sampling_seed + 1)
+    assert not torch.equal(first, network.full_sort_predict(batch))
+
+
 def test_diffurec_refuses_diffurecsys_switches(tmp_path):
     with pytest.raises(ValueError, match="DiffuRecSys"):
         tiny_model(tmp_path, "DiffuRec", cycle_rows(), cross_attention=True)

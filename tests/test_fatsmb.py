@@ -245,18 +245,25 @@ def test_fatsmb_runs_through_the_runner(tmp_path):
         assert 0.0 <= record["results"][task]["metrics"]["ndcg@10"] <= 1.0
     assert record["results"]["behavior_item"] is None
     assert not list((tmp_path / "results").rglob("*.pth"))
+    spread = record["sampling_spread"]  # FatsMB.yaml: sampling_repeats 2
+    assert spread["seeds"] == [record["seed"], record["seed"] + 1, record["seed"] + 2]
+    ndcg = spread["tasks"]["behavior_specific"]["ndcg@10"]
+    assert len(ndcg["values"]) == 3 and ndcg["std"] >= 0
+    assert ndcg["values"][0] == pytest.approx(record["results"]["behavior_specific"]["metrics"]["ndcg@10"])
 
 
 def test_fatsmb_uses_the_asked_behavior_where_item_only_models_cannot(rule_data, tmp_path):
     """Behavior-rule data: told the behavior the next item is certain; item-only models reach ~1/3 recall@1.
 
-    Short stages for test time (behavior use shows after ~15 MBAE epochs at this size; longer
-    training reaches higher: 0.62 after 20 + 8 epochs). Through the staged trainer, as the runner trains.
+    BaRoPE carries the behavior only in attention weights, so using it is learned late: at lr 0.01 and
+    15 MBAE epochs the outcome hung on float summation order (0.34 with one thread, > 0.45 with two);
+    at lr 0.003 and 20 epochs it reached 0.93 (seeds 7 and 11 at 30 epochs: 0.77, 0.81; one thread).
+    Through the staged trainer, as the runner trains.
     """
-    config, model, train, valid, test = rule_data(learning_rate=0.01, mbae_epochs=15, diffusion_epochs=5,
+    config, model, train, valid, test = rule_data(learning_rate=0.003, mbae_epochs=20, diffusion_epochs=5,
                                                   finetune_epochs=0, hidden_size=32, inner_size=64)
     StagedTrainer(config, model, torch.device("cpu")).fit(train, valid, tmp_path / "rule.pth")
     assert model.stage == "diffusion"  # scores come from generated preferences
     result = Evaluator(config).evaluate(model, test, tasks=["behavior_specific"])["behavior_specific"]
     assert result.metrics["recall@5"] > 0.9  # the three candidates
-    assert result.metrics["recall@1"] > 0.45  # and the asked behavior picks among them
+    assert result.metrics["recall@1"] > 0.6  # and the asked behavior picks among them

@@ -186,6 +186,7 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
     valid_results = Evaluator(config).evaluate(network, valid_data, tasks=tasks, device=device)
     test_results = Evaluator(config).evaluate(network, test_data, tasks=tasks, device=device)  # the only time
     eval_seconds = time.perf_counter() - start
+    sampling_spread = _sampling_spread(network, config, test_data, tasks, device, test_results)
     checkpoint.unlink(missing_ok=True)  # the record is the product; weights are not kept (their hash is)
 
     train_epochs = [entry["train_seconds"] for entry in trainer.history]
@@ -205,6 +206,7 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
         "valid_results": {task: (result.metrics if result else None) for task, result in valid_results.items()},
         "training": fit_summary | {"history": trainer.history},
         "test_lock": test_lock,
+        "sampling_spread": sampling_spread,
         "efficiency": {
             "parameters": n_parameters,
             "train_seconds": train_seconds,
@@ -224,6 +226,41 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
     store.save_record(path, record)
     logger.info(f"wrote {path}")
     return record
+
+
+def _sampling_spread(network, config, test_data, tasks, device, test_results):
+    """How much test metrics move with the sampling noise alone (models with ``stochastic_inference``).
+
+    The same selected weights are evaluated again under ``sampling_repeats`` further sampling
+    seeds (the run's sampling seed + 1, + 2, ...). Nothing is selected on these numbers: the
+    record's metrics stay those of the run's own sampling seed, which is the first value here.
+    """
+    repeats = int(config["sampling_repeats"] or 0)
+    if repeats <= 0 or not getattr(network, "stochastic_inference", False):
+        return None
+    base_seed = network.sampling_seed
+    seeds = [base_seed + offset for offset in range(repeats + 1)]
+    per_seed = [{task: result.metrics for task, result in test_results.items() if result}]
+    for seed in seeds[1:]:
+        network.reseed_sampling(seed)
+        results = Evaluator(config).evaluate(network, test_data, tasks=tasks, device=device)
+        per_seed.append({task: result.metrics for task, result in results.items() if result})
+    network.reseed_sampling(base_seed)
+    spread = {"seeds": seeds, "tasks": {}}
+    for task, metrics in per_seed[0].items():
+        spread["tasks"][task] = {}
+        for metric in metrics:
+            values = [float(run_metrics[task][metric]) for run_metrics in per_seed]
+            spread["tasks"][task][metric] = {"values": values, "mean": float(np.mean(values)),
+                                             "std": float(np.std(values, ddof=1)),
+                                             "range": float(max(values) - min(values))}
+    valid_metric = config["valid_metric"].lower()
+    for task, metrics in spread["tasks"].items():
+        if valid_metric in metrics:
+            entry = metrics[valid_metric]
+            logger.info(f"sampling spread {task} {valid_metric} over seeds {seeds}: mean {entry['mean']:.4f} "
+                        f"std {entry['std']:.4f} range {entry['range']:.4f}")
+    return spread
 
 
 def _test_lock(checkpoint, config, fit_summary):

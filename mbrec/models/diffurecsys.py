@@ -43,7 +43,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.init import xavier_normal_initialization
 from recbole.utils import InputType
 
-from mbrec.models import PredictFromFullSort
+from mbrec.models import PredictFromFullSort, SeededSampling
 from mbrec.layers.behavior import MultiBehaviorEmbedding
 from mbrec.layers.diffusion import GaussianDiffusion, TimestepEncoder, beta_schedule, offset_noise
 
@@ -81,7 +81,7 @@ class ApproximatorBlock(nn.Module):
         return hidden + self.dropout(self.ffn(self.ffn_norm(hidden)))
 
 
-class DiffuRecSys(PredictFromFullSort, SequentialRecommender):
+class DiffuRecSys(SeededSampling, PredictFromFullSort, SequentialRecommender):
     """Diffusion over the target item embedding with a Transformer approximator (see module doc)."""
 
     input_type = InputType.POINTWISE
@@ -100,6 +100,7 @@ class DiffuRecSys(PredictFromFullSort, SequentialRecommender):
         self.reverse_variance = config["reverse_variance"]
         self.sampler = config["sampler"]
         self.ddim_skip = config["ddim_skip"]
+        self.init_sampling(config)
         if config["hidden_act"] not in ACTIVATIONS:
             raise ValueError(f"hidden_act must be one of {sorted(ACTIVATIONS)}, got '{config['hidden_act']}'")
         if self.sampler not in ("ancestral", "ddim"):
@@ -158,7 +159,8 @@ class DiffuRecSys(PredictFromFullSort, SequentialRecommender):
 
     def sample_lambda(self, shape, device):
         """lambda ~ N(delta, delta) elementwise (DiffuRec's uncertainty weights)."""
-        return self.lambda_mean + self.lambda_std * torch.randn(shape, device=device)
+        noise = torch.randn(shape, device=device, generator=self.sampling_generator(device))
+        return self.lambda_mean + self.lambda_std * noise
 
     def approximate_x0(self, history, padding_mask, x_t, condition, behavior=None, lambdas=None):
         """``x0_hat = f_theta(history | x_t, d, behavior)``: [B, H]."""
@@ -202,7 +204,8 @@ class DiffuRecSys(PredictFromFullSort, SequentialRecommender):
         padding_mask = self.padding_mask(interaction)
         behavior = self.behavior_condition(self.asked_behavior(interaction))
         batch_size = history.size(0)
-        x_t = torch.randn(batch_size, self.hidden_size, device=history.device)
+        generator = self.sampling_generator(history.device)
+        x_t = torch.randn(batch_size, self.hidden_size, device=history.device, generator=generator)
         if self.sampler == "ancestral":
             schedule = [(step, step - 1) for step in range(self.n_steps - 1, -1, -1)]
         else:
@@ -211,7 +214,8 @@ class DiffuRecSys(PredictFromFullSort, SequentialRecommender):
             steps = torch.full((batch_size,), step, device=history.device, dtype=torch.long)
             x0_hat = self.approximate_x0(history, padding_mask, x_t, self.step_condition(steps), behavior)
             if self.sampler == "ancestral":
-                x_t = self.diffusion.ancestral_step(x0_hat, x_t, steps, variance=self.reverse_variance)
+                noise = torch.randn(x_t.shape, device=x_t.device, generator=generator)
+                x_t = self.diffusion.ancestral_step(x0_hat, x_t, steps, noise, variance=self.reverse_variance)
             else:
                 x_t = self.diffusion.ddim_step(x0_hat, x_t, steps, torch.full_like(steps, prev_step))
         return x_t

@@ -64,7 +64,7 @@ from torch.nn import functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
-from mbrec.models import PredictFromFullSort
+from mbrec.models import PredictFromFullSort, SeededSampling
 from mbrec.benchmark.staged_trainer import StagedTrainer
 from mbrec.layers.attention import TransformerEncoder
 from mbrec.layers.diffusion import GaussianDiffusion, beta_schedule, classifier_free_guidance, timestep_embedding
@@ -198,7 +198,7 @@ class LatentDenoiser(nn.Module):
         return x
 
 
-class FatsMB(PredictFromFullSort, SequentialRecommender):
+class FatsMB(SeededSampling, PredictFromFullSort, SequentialRecommender):
     """MBAE + latent diffusion with MCGLN, trained in three stages (see the module docstring)."""
 
     input_type = InputType.POINTWISE
@@ -224,7 +224,7 @@ class FatsMB(PredictFromFullSort, SequentialRecommender):
         self.guidance_weight = float(config["guidance_weight"])
         self.guidance_sign = config["guidance_sign"]
         self.ddim_skip = config["ddim_skip"]
-        self.sampling_seed = int(config["sampling_seed"] if config["sampling_seed"] is not None else config["seed"])
+        self.init_sampling(config)
         self.initializer_range = config["initializer_range"]
 
         self.encoder = MultiBehaviorEncoder(self.n_items, self.n_behaviors + 2, self.max_seq_length + 1, config)
@@ -242,7 +242,6 @@ class FatsMB(PredictFromFullSort, SequentialRecommender):
         for projection in attention_maps + list(self.encoder.behavior_scales or []):
             nn.init.xavier_uniform_(projection.weight)
         self.stage = None
-        self._sampling_generator = None
         self.set_stage(self.training_stages[0])
 
     def _init_weights(self, module):
@@ -278,8 +277,6 @@ class FatsMB(PredictFromFullSort, SequentialRecommender):
             for module in (self.encoder, self.decoder, self.denoiser):
                 if all(module is not trained for trained in self.stage_modules(self.stage)):
                     module.eval()
-        if not mode:
-            self._sampling_generator = None  # reseeded on the next sampling: same noise each evaluation
         return self
 
     # ----- inputs -------------------------------------------------------------------------------
@@ -330,14 +327,6 @@ class FatsMB(PredictFromFullSort, SequentialRecommender):
             return torch.where(guided.unsqueeze(1), combined, conditional)  # Eq. 17; told nothing = unconditional
 
         return self.diffusion.ddim_sample(denoise, z_T, self.ddim_skip, self.prediction_target)
-
-    def sampling_generator(self, device):
-        """Evaluation draws from its own generator (reseeded in eval mode); training from torch's global RNG."""
-        if self.training:
-            return None
-        if self._sampling_generator is None or self._sampling_generator.device != device:
-            self._sampling_generator = torch.Generator(device=device).manual_seed(self.sampling_seed)
-        return self._sampling_generator
 
     # ----- losses (one per stage) ---------------------------------------------------------------
 
