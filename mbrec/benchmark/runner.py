@@ -113,15 +113,21 @@ def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto
         logger.info(f"found stored run {path}; skipping (use --rerun to train again)")
         return store.load_record(path)
 
-    log_file = store.log_path(results_dir, model, dataset_dir.name, seed, key)
-    with _RunLog(log_file):
-        try:
-            return _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key, path,
-                                     log_file)
-        except Exception as error:
-            logger.error(f"run {key} failed: {type(error).__name__}: {error}", exc_info=True)  # into the run log
-            error.run_log = log_file  # the summary of a multi-run command points at it
-            raise
+    # One process trains a run at a time (parallel grids, Ray workers): a second one waits here,
+    # then finds the record the first wrote.
+    with store.run_lock(path):
+        if path.exists() and not rerun:
+            logger.info(f"another process stored run {path} meanwhile; skipping")
+            return store.load_record(path)
+        log_file = store.log_path(results_dir, model, dataset_dir.name, seed, key)
+        with _RunLog(log_file):
+            try:
+                return _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key,
+                                         path, log_file)
+            except Exception as error:
+                logger.error(f"run {key} failed: {type(error).__name__}: {error}", exc_info=True)  # into the log
+                error.run_log = log_file  # the summary of a multi-run command points at it
+                raise
 
 
 def setup_run(model_class, dataset_dir, settings, seed, device, with_test=True):
