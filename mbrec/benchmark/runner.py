@@ -348,8 +348,13 @@ def main(argv=None):
         overrides["show_progress"] = False
     if args.ray_address or args.workers:
         from mbrec.benchmark.grid import run_grid
+        from mbrec.benchmark.tune import TuneNotInstalledError
 
-        records, failures = run_grid(args, overrides)
+        try:
+            records, failures = run_grid(args, overrides)
+        except TuneNotInstalledError as error:  # Ray is an optional extra
+            print(f"error: the grid runs on Ray: {error}", file=sys.stderr)
+            return 2
         return _report(records, failures, args)
     records, failures = [], []
     for dataset in args.datasets:
