@@ -14,8 +14,8 @@ Memory: the CSV readers (tianchi, ijcai15, retailrocket, csv) read the raw file 
 into one preallocated array per column (:class:`LogColumns`: behaviors as 1-byte codes), sort
 by permuting one column at a time, and hand the writer slices; the log is never held twice
 (no list of chunks plus their concatenation, no sorted copy of the whole frame). The atomic
-``.inter`` file stays the cache format: RecBole's loader reads it in ~1/4 of our dataset's
-build time at 3M rows (``benchmarks/dataset_build.py``), so it is not the bottleneck.
+``.inter`` file stays the cache format, so RecBole's loader and every model keep working; a
+columnar cache beside it is left for when profiling shows the loader is the bottleneck.
 
 Caching: ``<cache>/<folder>/meta.json`` stores a fingerprint of the prepare version, the
 format, every effective option and each raw file's path, size and mtime. A matching
