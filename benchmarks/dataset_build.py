@@ -52,12 +52,20 @@ from pathlib import Path
 
 # Dataset key on the command line -> (registered dataset name, prepare() overrides).
 SYNTHETIC_2M_SIZE = {"n_users": 60_000, "n_items": 100_000, "n_categories": 500, "mean_interactions": 34.0}
+# The scale points (~1M, 3M, 10M, 30M rows): users x 34 interactions; ijcai = the generator's size.
+SYNTHETIC_SCALE_SIZES = {
+    "synthetic1m": {"n_users": 30_000, "n_items": 50_000, "n_categories": 250, "mean_interactions": 34.0},
+    "synthetic3m": {"n_users": 90_000, "n_items": 150_000, "n_categories": 750, "mean_interactions": 34.0},
+    "synthetic10m": {"n_users": 300_000, "n_items": 500_000, "n_categories": 1_000, "mean_interactions": 34.0},
+    "synthetic30m": "ijcai",
+}
 DATASETS = {
     "retailrocket": ("retailrocket", {}),
     "ijcai": ("ijcai", {}),
     "synthetic2m": ("synthetic", {"size": SYNTHETIC_2M_SIZE}),
+    **{key: ("synthetic", {"size": size, "content_dim": 0}) for key, size in SYNTHETIC_SCALE_SIZES.items()},
 }
-DEFAULT_DATASETS = list(DATASETS)
+DEFAULT_DATASETS = ["retailrocket", "ijcai", "synthetic2m"]
 DEFAULT_TIMEOUT_S = 1200
 DEFAULT_MODEL = "SASRec"  # any sequential model; it only selects the model YAML layer
 # RecBole's defaults for sequential recommendation: leave-one-out, time order, full ranking.

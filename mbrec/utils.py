@@ -59,6 +59,8 @@ def write_json_atomic(path, obj):
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(obj, handle, indent=1, sort_keys=True, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the rename makes it visible
 
 
 # Bytes read at a time when hashing a file (checkpoints can be large).

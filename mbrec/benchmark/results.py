@@ -4,10 +4,21 @@ One run = one JSON record at ``results/runs/<dataset>/<model>/<model>-seed<seed>
 holding the config, metrics per task, per-user ranks keyed by user token, timings, memory,
 parameter count, versions and git commit. ``key`` hashes everything that changes the result,
 so re-running the same (model, dataset, config, seed) finds the stored record.
+
+Concurrency (several processes or Ray workers sharing one ``results/``): a record is written
+to a temporary file, flushed to disk and renamed onto its name, so a reader sees either no
+record or a complete one, never a partial one, even if the writer is killed. A run is trained
+under :func:`run_lock` (an exclusive ``flock`` on ``<record>.lock``), so two workers given the
+same run never train it twice: the second waits, then finds the record. The OS drops the lock
+when its holder dies, so a killed worker never blocks the retry. ``flock`` is honoured by
+local file systems and NFSv4; on other shared storage run each run key from one place only.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from mbrec.utils import REPO_DIR, write_json_atomic
@@ -15,7 +26,7 @@ from mbrec.utils import REPO_DIR, write_json_atomic
 RECORD_VERSION = 1
 # Settings that do not change a run's numbers, so they do not enter its key.
 VOLATILE_KEYS = {"show_progress", "device", "data_path", "eval_batch_size", "checkpoint_dir", "state",
-                 "gpu_id", "use_gpu", "worker"}
+                 "gpu_id", "use_gpu", "worker", "eval_item_chunk", "eval_memory_fraction"}
 REQUIRED_FIELDS = ("record_version", "run_key", "model", "dataset", "seed", "config", "results")
 
 
@@ -42,6 +53,37 @@ def record_path(results_dir, model, dataset, seed, key):
 
 def log_path(results_dir, model, dataset, seed, key):
     return Path(results_dir) / "logs" / dataset / model / f"{model}-seed{seed}-{key}.log"
+
+
+def lock_path(record_file):
+    return Path(record_file).with_name(Path(record_file).name + ".lock")
+
+
+@contextlib.contextmanager
+def run_lock(record_file, wait=True):
+    """Hold the exclusive lock of one run while the block runs; yield whether it was acquired.
+
+    ``wait=False`` yields False at once when another process holds it (the caller skips).
+    """
+    path = lock_path(record_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}\n")  # who holds it, for a person looking at a busy run
+            handle.flush()
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        handle.close()
 
 
 def save_record(path, record):

@@ -94,13 +94,14 @@ class _RunLog:
         self.handler.close()
 
 
-def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto", data_path=None,
-        cache_dir=None, results_dir=None, rerun=False):
-    """Train and evaluate one (model, dataset, config, seed); return its results record.
+def plan_run(model, dataset, config_files=(), overrides=None, seed=None, data_path=None, cache_dir=None,
+             results_dir=None):
+    """Settings, prepared data, run key and record path of one run, without training.
 
-    A stored record with the same key is returned as is unless ``rerun``.
+    Returns ``types.SimpleNamespace`` with ``settings``, ``seed``, ``canonical``, ``dataset_dir``,
+    ``key``, ``path``, ``results_dir``. Used by :func:`run` and by the Ray grid's driver (which
+    skips stored runs before scheduling them).
     """
-    model_class = registry.get_model_class(model)  # fail fast on unknown names
     settings = merge_layers(model, dataset, config_files, overrides)
     if seed is not None:
         settings["seed"] = int(seed)
@@ -109,19 +110,39 @@ def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto
     results_dir = results_dir or store.default_results_dir()
     key = store.run_key(model, dataset_dir.name, settings, seed, read_meta(dataset_dir).get("fingerprint"))
     path = store.record_path(results_dir, model, dataset_dir.name, seed, key)
+    return SimpleNamespace(settings=settings, seed=seed, canonical=canonical, dataset_dir=dataset_dir, key=key,
+                           path=path, results_dir=results_dir)
+
+
+def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto", data_path=None,
+        cache_dir=None, results_dir=None, rerun=False):
+    """Train and evaluate one (model, dataset, config, seed); return its results record.
+
+    A stored record with the same key is returned as is unless ``rerun``.
+    """
+    model_class = registry.get_model_class(model)  # fail fast on unknown names
+    plan = plan_run(model, dataset, config_files, overrides, seed, data_path, cache_dir, results_dir)
+    settings, seed, canonical, dataset_dir = plan.settings, plan.seed, plan.canonical, plan.dataset_dir
+    key, path, results_dir = plan.key, plan.path, plan.results_dir
     if path.exists() and not rerun:
         logger.info(f"found stored run {path}; skipping (use --rerun to train again)")
         return store.load_record(path)
 
-    log_file = store.log_path(results_dir, model, dataset_dir.name, seed, key)
-    with _RunLog(log_file):
-        try:
-            return _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key, path,
-                                     log_file)
-        except Exception as error:
-            logger.error(f"run {key} failed: {type(error).__name__}: {error}", exc_info=True)  # into the run log
-            error.run_log = log_file  # the summary of a multi-run command points at it
-            raise
+    # One process trains a run at a time (parallel grids, Ray workers): a second one waits here,
+    # then finds the record the first wrote.
+    with store.run_lock(path):
+        if path.exists() and not rerun:
+            logger.info(f"another process stored run {path} meanwhile; skipping")
+            return store.load_record(path)
+        log_file = store.log_path(results_dir, model, dataset_dir.name, seed, key)
+        with _RunLog(log_file):
+            try:
+                return _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key,
+                                         path, log_file)
+            except Exception as error:
+                logger.error(f"run {key} failed: {type(error).__name__}: {error}", exc_info=True)  # into the log
+                error.run_log = log_file  # the summary of a multi-run command points at it
+                raise
 
 
 def setup_run(model_class, dataset_dir, settings, seed, device, with_test=True):
@@ -321,6 +342,14 @@ def build_parser():
     parser.add_argument("--rerun", action="store_true", help="train again even if a stored record exists")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--list", action="store_true", help="list models and datasets and exit")
+    grid = parser.add_argument_group("benchmark grid on Ray (pip install -e \".[tune]\"; see README 'Scaling up')")
+    grid.add_argument("--ray-address", help="run every (model, dataset, seed) as a Ray task on this cluster "
+                                            "(auto or HOST:PORT)")
+    grid.add_argument("--workers", type=int, help="run the grid on a local Ray with this many runs at a time")
+    grid.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs each run reserves (default 1)")
+    grid.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs each run reserves (default 0)")
+    grid.add_argument("--max-retries", type=int, default=3,
+                      help="times a run whose worker died is retried (default 3)")
     return parser
 
 
@@ -354,6 +383,16 @@ def main(argv=None):
     overrides = parse_overrides(extra)
     if args.no_progress:
         overrides["show_progress"] = False
+    if args.ray_address or args.workers:
+        from mbrec.benchmark.grid import run_grid
+        from mbrec.benchmark.tune import TuneNotInstalledError
+
+        try:
+            records, failures = run_grid(args, overrides)
+        except TuneNotInstalledError as error:  # Ray is an optional extra
+            print(f"error: the grid runs on Ray: {error}", file=sys.stderr)
+            return 2
+        return _report(records, failures, args)
     records, failures = [], []
     for dataset in args.datasets:
         for model in args.models:
@@ -368,6 +407,11 @@ def main(argv=None):
                     if getattr(error, "run_log", None) is None:
                         logger.exception(f"{model} on {dataset} (seed {seed}) failed")
                     failures.append((model, dataset, seed, error))
+    return _report(records, failures, args)
+
+
+def _report(records, failures, args):
+    """Summary, comparison table and the failed runs of a multi-run command; the exit status."""
     if records:
         print(format_summary(records))
     if len(records) + len(failures) > 1 and records:

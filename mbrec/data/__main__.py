@@ -4,6 +4,8 @@
     python -m mbrec.data prepare NAME [--raw PATH] [--data-path DIR] [--cache-dir DIR] [--force]
                                       [--format F] [--heldout append|ignore] [--size S] [--seed N]
                                       [--sep SEP] [--option KEY=YAML_VALUE ...]
+    python -m mbrec.data synthesize-ijcai15 OUT [--size ijcai] [--seed N]
+        (the synthetic log in IJCAI-15's raw format, then: prepare ijcai --raw OUT --format ijcai15)
 """
 
 import argparse
@@ -50,6 +52,12 @@ def build_parser():
     prep.add_argument("--sep", help="CSV delimiter (default: sniffed)")
     prep.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
                       help="any other prepare option, VALUE in YAML syntax (repeatable)")
+
+    synth = commands.add_parser("synthesize-ijcai15",
+                                help="write the synthetic log as IJCAI-15's user_log_format1.csv (streamed)")
+    synth.add_argument("out", help="output file, or folder for user_log_format1.csv")
+    synth.add_argument("--size", default="ijcai", help="synthetic size (default ijcai: ~30M rows)")
+    synth.add_argument("--seed", type=int, default=2024, help="generator seed (default 2024)")
     return parser
 
 
@@ -104,10 +112,27 @@ def cmd_prepare(args):
     return 0
 
 
+def cmd_synthesize_ijcai15(args):
+    from pathlib import Path
+
+    from mbrec.data import synthetic
+
+    started = time.time()
+    size = yaml.safe_load(args.size) if args.size.strip().startswith("{") else args.size
+    out = Path(args.out)
+    n_rows = synthetic.write_ijcai15_log(out, size, args.seed)
+    print(f"wrote {n_rows:,} rows to {out / synthetic.IJCAI15_FILE if out.is_dir() else out} "
+          f"({time.time() - started:.1f}s); prepare with: python -m mbrec.data prepare ijcai --raw {out} "
+          f"--format ijcai15")
+    return 0
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "synthesize-ijcai15":
+            return cmd_synthesize_ijcai15(args)
         return cmd_list(args) if args.command == "list" else cmd_prepare(args)
     except DataPreparationError as exc:
         print(f"error: {exc}", file=sys.stderr)

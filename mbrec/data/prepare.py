@@ -10,6 +10,13 @@ rows are ordered by user, then timestamp; ties keep file order for formats that 
 (CSV logs), and for format A (one matrix per behavior, no file order) ties are ordered by the
 behavior's index in the dataset's ``behaviors`` vocabulary, then by item id.
 
+Memory: the CSV readers (tianchi, ijcai15, retailrocket, csv) read the raw file in chunks
+into one preallocated array per column (:class:`LogColumns`: behaviors as 1-byte codes), sort
+by permuting one column at a time, and hand the writer slices; the log is never held twice
+(no list of chunks plus their concatenation, no sorted copy of the whole frame). The atomic
+``.inter`` file stays the cache format, so RecBole's loader and every model keep working; a
+columnar cache beside it is left for when profiling shows the loader is the bottleneck.
+
 Caching: ``<cache>/<folder>/meta.json`` stores a fingerprint of the prepare version, the
 format, every effective option and each raw file's path, size and mtime. A matching
 fingerprint reuses the folder without reading raw data.
@@ -46,6 +53,8 @@ META_FILE = "meta.json"
 # Rows per pandas chunk when streaming CSV input and when writing output.
 CSV_CHUNK_ROWS = 1_000_000
 WRITE_CHUNK_ROWS = 500_000
+# Bytes read at a time when counting a file's lines (to preallocate the columns).
+LINE_COUNT_BLOCK_BYTES = 16 * 2**20
 # Bytes of a CSV file looked at to guess its delimiter and header.
 SNIFF_BYTES = 64 * 1024
 HELDOUT_MODES = ("append", "ignore")
@@ -370,10 +379,72 @@ def _require_columns(path, header, required):
             f"{path}: missing column(s) {missing} in the header; found {header}, need {required}")
 
 
-def _order_file_log(frame):
-    """Stable sort by (user, timestamp): ties keep the frame's (file) order."""
-    order = np.lexsort((frame["timestamp"].to_numpy(), _sort_key(frame["user_id"])))
-    return frame.take(order).reset_index(drop=True)
+def _count_lines(path):
+    """Newlines in ``path`` + 1: an upper bound on its rows, read in blocks (bounded memory)."""
+    lines = 1
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(LINE_COUNT_BLOCK_BYTES), b""):
+            lines += block.count(b"\n")
+    return lines
+
+
+class LogColumns:
+    """A raw log as one preallocated array per column, filled chunk by chunk (one copy in memory).
+
+    ``behavior`` is stored as 1-byte codes into the vocabulary. ``capacity`` is an upper bound
+    on the rows (e.g. the file's line count); if it is exceeded the arrays grow (doubling).
+    """
+
+    def __init__(self, capacity, vocabulary, id_dtype=np.int64, timestamp_dtype=np.int64):
+        capacity = max(int(capacity), 1)
+        self.vocabulary = list(vocabulary)
+        self.columns = {"user_id": np.empty(capacity, id_dtype), "item_id": np.empty(capacity, id_dtype),
+                        "behavior": np.empty(capacity, np.int8), "timestamp": np.empty(capacity, timestamp_dtype)}
+        self.n_rows = 0
+
+    def append(self, user_id, item_id, behavior, timestamp):
+        """Add one chunk; ``behavior`` is a Categorical over the vocabulary (``_behavior_column``)."""
+        n_new = len(user_id)
+        end = self.n_rows + n_new
+        capacity = len(self.columns["user_id"])
+        if end > capacity:  # only when the line count was not an upper bound
+            new_capacity = max(end, 2 * capacity)
+            for name, values in self.columns.items():
+                grown = np.empty(new_capacity, values.dtype)
+                grown[:self.n_rows] = values[:self.n_rows]
+                self.columns[name] = grown
+        for name, values in (("user_id", user_id), ("item_id", item_id), ("behavior", behavior.codes),
+                             ("timestamp", timestamp)):
+            self.columns[name][self.n_rows:end] = np.asarray(values)
+        self.n_rows = end
+
+    def trim(self):
+        """Drop the unused capacity (views: no copy)."""
+        self.columns = {name: values[:self.n_rows] for name, values in self.columns.items()}
+
+    def frame(self):
+        """The log as a DataFrame over the same arrays where pandas allows (small logs, checks)."""
+        return pd.DataFrame({**self.columns, "behavior": self._behaviors(self.columns["behavior"])}, copy=False)
+
+    def _behaviors(self, codes):
+        return pd.Categorical.from_codes(codes, categories=self.vocabulary)
+
+    def order_by_user_then_time(self):
+        """Stable sort by (user, timestamp), ties keep file order; one column permuted at a time."""
+        self.trim()
+        order = np.lexsort((self.columns["timestamp"], _sort_key(pd.Series(self.columns["user_id"], copy=False))))
+        for name in list(self.columns):
+            self.columns[name] = self.columns[name][order]  # the old column is freed right away
+        del order
+
+    def chunks(self):
+        """The rows as DataFrames of WRITE_CHUNK_ROWS rows with INTER_COLUMNS (behavior as strings)."""
+        for start in range(0, self.n_rows, WRITE_CHUNK_ROWS):
+            stop = start + WRITE_CHUNK_ROWS
+            yield pd.DataFrame({"user_id": self.columns["user_id"][start:stop],
+                                "item_id": self.columns["item_id"][start:stop],
+                                "behavior": self._behaviors(self.columns["behavior"][start:stop]),
+                                "timestamp": self.columns["timestamp"][start:stop]})
 
 
 def _sort_key(ids):
@@ -410,6 +481,18 @@ def _count_duplicates(frame):
     return int(frame.duplicated(INTER_COLUMNS).sum())
 
 
+def _log_output(log, path, items=None, dropped=None):
+    """Order a filled :class:`LogColumns` and hand it to the writer (notes: duplicate rows)."""
+    if log.n_rows == 0 and not any((dropped or {}).values()):
+        raise DataPreparationError(f"{path}: no data rows")
+    log.trim()
+    if log.columns["timestamp"].dtype.kind == "f":
+        log.columns["timestamp"] = _whole_numbers_as_int(log.columns["timestamp"])
+    notes = {"duplicate_rows": _count_duplicates(log.frame()) if log.n_rows <= DUPLICATE_CHECK_MAX_ROWS else None}
+    log.order_by_user_then_time()
+    return ReaderOutput(log.chunks(), items, dropped or {}, notes)
+
+
 # ----------------------------------------------------------------------------- readers
 def read_tianchi(files, options):
     """Format B: Tianchi UserBehavior CSV, no header, user,item,category,behavior,timestamp.
@@ -423,7 +506,7 @@ def read_tianchi(files, options):
     mapping = _vocabulary_mapping(vocabulary, {b: b for b in ("pv", "fav", "cart", "buy") if b in vocabulary})
     time_range = options.get("time_range")
     names = ["user_id", "item_id", "category", "behavior", "timestamp"]
-    parts, categories, dropped, line = [], [], 0, 1
+    log, categories, dropped, line = LogColumns(_count_lines(path), vocabulary), [], 0, 1
     for chunk in _read_csv_chunks(path, header=None, names=names, dtype={"behavior": str}):
         frame = pd.DataFrame({
             "user_id": _numeric_column(chunk["user_id"], path, "user_id", line, True),
@@ -437,14 +520,11 @@ def read_tianchi(files, options):
             keep = ((frame["timestamp"] >= time_range[0]) & (frame["timestamp"] < time_range[1])).to_numpy()
             dropped += int((~keep).sum())
             frame, category = frame[keep], category[keep]
-        parts.append(frame)
+        log.append(frame["user_id"], frame["item_id"], frame["behavior"].array, frame["timestamp"])
         categories.append(pd.DataFrame({"item_id": frame["item_id"], "category": category})
                           .drop_duplicates("item_id"))
-    log = pd.concat(parts, ignore_index=True)
-    del parts
-    notes = {"duplicate_rows": _count_duplicates(log)}
     reasons = {f"timestamp outside time_range [{time_range[0]}, {time_range[1]})": dropped} if time_range else {}
-    return ReaderOutput(_in_chunks(_order_file_log(log)), _items_first_category(categories), reasons, notes)
+    return _log_output(log, path, _items_first_category(categories), reasons)
 
 
 def read_ijcai15(files, options):
@@ -454,7 +534,7 @@ def read_ijcai15(files, options):
     _require_columns(path, _csv_header(path, ","), required)
     vocabulary = options["behaviors"]
     mapping = _vocabulary_mapping(vocabulary, IJCAI15_ACTIONS)
-    parts, categories, line = [], [], 2
+    log, categories, line = LogColumns(_count_lines(path), vocabulary), [], 2
     for chunk in _read_csv_chunks(path, usecols=required, dtype={"action_type": str}):
         mmdd = _numeric_column(chunk["time_stamp"], path, "time_stamp", line, True)
         try:
@@ -465,23 +545,14 @@ def read_ijcai15(files, options):
             position = int(np.argmax(bad)) if bad.any() else 0
             raise _line_error(path, line + position, f"time_stamp {mmdd.iloc[position]} is not a valid MMDD date")
         seconds = dates.to_numpy().astype("datetime64[s]").astype(np.int64) - CHINA_UTC_OFFSET_S
-        frame = pd.DataFrame({
-            "user_id": _numeric_column(chunk["user_id"], path, "user_id", line, True),
-            "item_id": _numeric_column(chunk["item_id"], path, "item_id", line, True),
-            "behavior": _behavior_column(chunk["action_type"], mapping, vocabulary, path, "action_type", line),
-            "timestamp": seconds,
-        })
+        item_id = _numeric_column(chunk["item_id"], path, "item_id", line, True)
+        log.append(_numeric_column(chunk["user_id"], path, "user_id", line, True), item_id,
+                   _behavior_column(chunk["action_type"], mapping, vocabulary, path, "action_type", line), seconds)
         categories.append(pd.DataFrame({
-            "item_id": frame["item_id"],
+            "item_id": item_id,
             "category": _numeric_column(chunk["cat_id"], path, "cat_id", line, True)}).drop_duplicates("item_id"))
-        parts.append(frame)
         line += len(chunk)
-    if not parts:
-        raise DataPreparationError(f"{path}: no data rows")
-    log = pd.concat(parts, ignore_index=True)
-    del parts
-    notes = {"duplicate_rows": _count_duplicates(log)}
-    return ReaderOutput(_in_chunks(_order_file_log(log)), _items_first_category(categories), {}, notes)
+    return _log_output(log, path, _items_first_category(categories) if categories else None)
 
 
 def read_retailrocket(files, options):
@@ -491,27 +562,14 @@ def read_retailrocket(files, options):
     _require_columns(path, _csv_header(path, ","), required)
     vocabulary = options["behaviors"]
     mapping = _vocabulary_mapping(vocabulary, RETAILROCKET_EVENTS)
-    parts, line = [], 2
+    log, line = LogColumns(_count_lines(path), vocabulary, timestamp_dtype=np.float64), 2
     for chunk in _read_csv_chunks(path, usecols=required, dtype={"event": str}):
-        parts.append(pd.DataFrame({
-            "user_id": _numeric_column(chunk["visitorid"], path, "visitorid", line, True),
-            "item_id": _numeric_column(chunk["itemid"], path, "itemid", line, True),
-            "behavior": _behavior_column(chunk["event"], mapping, vocabulary, path, "event", line),
-            "timestamp": _numeric_column(chunk["timestamp"], path, "timestamp", line, True) / MS_PER_SECOND,
-        }))
+        log.append(_numeric_column(chunk["visitorid"], path, "visitorid", line, True),
+                   _numeric_column(chunk["itemid"], path, "itemid", line, True),
+                   _behavior_column(chunk["event"], mapping, vocabulary, path, "event", line),
+                   _numeric_column(chunk["timestamp"], path, "timestamp", line, True) / MS_PER_SECOND)
         line += len(chunk)
-    return _file_log_output(parts, path)
-
-
-def _file_log_output(parts, path):
-    """Concatenate a file-ordered log read in chunks and order it by user, then time (stable)."""
-    if not parts:
-        raise DataPreparationError(f"{path}: no data rows")
-    log = pd.concat(parts, ignore_index=True)
-    del parts
-    log["timestamp"] = _whole_numbers_as_int(log["timestamp"].to_numpy())
-    notes = {"duplicate_rows": _count_duplicates(log)}
-    return ReaderOutput(_in_chunks(_order_file_log(log)), None, {}, notes)
+    return _log_output(log, path)
 
 
 def _sniff_csv(path, options):
@@ -565,7 +623,7 @@ def read_csv_log(files, options):
         columns = {role: index for index, role in enumerate(INTER_COLUMNS)}
         kwargs = {"header": None, "usecols": list(range(len(INTER_COLUMNS))), "dtype": str}
         line = 1
-    parts = []
+    log = LogColumns(_count_lines(path), vocabulary, id_dtype=object, timestamp_dtype=np.float64)
     for chunk in _read_csv_chunks(path, sep=sep, keep_default_na=False, **kwargs):
         frame = {}
         for role in ("user_id", "item_id"):
@@ -578,9 +636,9 @@ def read_csv_log(files, options):
                                              path, columns["behavior"], line)
         frame["timestamp"] = _numeric_column(chunk[columns["timestamp"]].str.strip(), path,
                                              columns["timestamp"], line, False)
-        parts.append(pd.DataFrame(frame))
+        log.append(frame["user_id"], frame["item_id"], frame["behavior"], frame["timestamp"])
         line += len(chunk)
-    return _file_log_output(parts, path)
+    return _log_output(log, path)
 
 
 def _load_pickle(path):

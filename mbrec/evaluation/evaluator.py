@@ -8,6 +8,11 @@ padding). Everything else happens here, identically for every model:
 * with ``mask_history`` the items of the input window are removed from the ranking;
 * ties are broken pessimistically: an item whose score equals the target's counts as ranked
   above it, so a model that outputs constant scores gets no hits;
+* scale: users are scored in batches and each batch's ranks are computed on the device in
+  column chunks of ``eval_item_chunk`` items (default: one chunk), so the comparison
+  temporaries stay ``[batch, chunk]`` and no users x items matrix ever reaches host memory.
+  On CUDA the batch is lowered to what fits ``eval_memory_fraction`` of the free memory; on
+  CPU a batch that cannot fit the available memory stops the run with the value to set.
 * per-user 0-based ranks are kept, keyed by user token; every metric is a function of them;
 * per user, a *repeat* flag says whether the target item occurs in the model's own input
   window (any behavior); tables report repeat and new-item targets apart (``--split-repeat``).
@@ -17,7 +22,9 @@ Tasks (protocol.md): ``behavior_specific`` (told the target's behavior, all user
 ``behavior_item`` (told nothing, rank (behavior, item) pairs), ``next_item`` (told nothing).
 """
 
+import logging
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +35,12 @@ from mbrec.data.dataset import SequenceLoader
 
 TASKS = ("behavior_specific", "target_behavior", "behavior_item", "next_item")
 METRICS = ("Recall", "NDCG", "MRR")
+logger = logging.getLogger("mbrec")
+# Bytes one scored column costs per user while a batch is ranked: the model's float32 output,
+# its float32 copy (``.float()`` on other dtypes), the masked copy, and the [B, chunk] bool
+# comparison of the current chunk (counted at full width: a safe upper bound).
+SCORE_BYTES_PER_COLUMN = 4 * 3 + 1
+DEFAULT_EVAL_MEMORY_FRACTION = 0.5  # share of the free memory one evaluation batch may use
 
 
 class EvaluationError(RuntimeError):
@@ -48,6 +61,95 @@ def pessimistic_rank(scores, target_index):
     # An excluded target (-inf, e.g. masked history) is never a hit.
     excluded = torch.isneginf(target_score.squeeze(1))
     return torch.where(excluded, torch.full_like(rank, scores.size(1)), rank)
+
+
+def chunked_rank(scores, target_index, item_chunk=None, topk=0):
+    """:func:`pessimistic_rank` computed over column chunks, plus the top-K columns, on the device.
+
+    Exactly equal to the dense rank (counts of ``>=`` the target's score, the target itself
+    excluded): integer counts do not depend on how the columns are chunked.
+
+    Args:
+        scores: ``[B, C]`` float tensor (``-inf`` = excluded).
+        target_index: ``[B]`` long tensor of target columns.
+        item_chunk: columns compared at a time (None or 0: all at once).
+        topk: also return the ``[B, topk]`` highest-scoring columns (0: skip).
+
+    Returns:
+        ``ranks`` ``[B]`` long, or ``(ranks, top_values, top_columns)`` when ``topk``.
+    """
+    n_columns = scores.size(1)
+    chunk = int(item_chunk) if item_chunk else n_columns
+    if chunk < 1:
+        raise ValueError(f"eval_item_chunk must be a positive number of items, got {item_chunk}")
+    target_score = scores.gather(1, target_index.unsqueeze(1))  # [B, 1]
+    at_least = torch.zeros(scores.size(0), dtype=torch.long, device=scores.device)
+    top_values = top_columns = None
+    for start in range(0, n_columns, chunk):
+        part = scores[:, start:start + chunk]  # a view: no copy of the scores
+        # int32 partial counts (a chunk is far below 2**31 columns): ~2x faster than int64 on CPU
+        at_least += (part >= target_score).sum(dim=1, dtype=torch.int32)
+        if topk:
+            values, columns = part.topk(min(topk, part.size(1)), dim=1)
+            columns = columns + start
+            if top_values is not None:
+                values, picked = torch.cat([top_values, values], 1).topk(min(topk, top_values.size(1) + values.size(1)),
+                                                                         dim=1)
+                columns = torch.cat([top_columns, columns], 1).gather(1, picked)
+            top_values, top_columns = values, columns
+    rank = at_least - 1  # the target's own score counts once in ">="
+    # An excluded target (-inf, e.g. masked history) is never a hit.
+    excluded = torch.isneginf(target_score.squeeze(1))
+    rank = torch.where(excluded, torch.full_like(rank, n_columns), rank)
+    return (rank, top_values, top_columns) if topk else rank
+
+
+def available_memory_bytes(device):
+    """Free memory evaluation may draw on: CUDA's free memory, or the host's MemAvailable."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None  # unknown (not Linux): no check
+
+
+def fit_eval_batch_size(configured, n_columns, device, memory_fraction=DEFAULT_EVAL_MEMORY_FRACTION,
+                        available=None):
+    """The evaluation batch size for ``n_columns`` scored columns per user on ``device``.
+
+    CUDA: ``configured`` lowered to what fits ``memory_fraction`` of the free memory (logged).
+    CPU: ``configured`` as is, or an :class:`EvaluationError` saying which ``eval_batch_size``
+    fits, so a run never silently swaps.
+    """
+    device = torch.device(device)
+    available = available_memory_bytes(device) if available is None else available
+    if available is None:
+        return configured
+    per_user = n_columns * SCORE_BYTES_PER_COLUMN
+    fitting = int(available * memory_fraction) // per_user
+    if fitting >= configured:
+        return configured
+    if fitting < 1:
+        raise EvaluationError(
+            f"one user's scores over {n_columns:,} columns need ~{per_user / 2**20:.0f} MB but only "
+            f"{available * memory_fraction / 2**20:.0f} MB ({memory_fraction:.0%} of the free "
+            f"{available / 2**20:.0f} MB on {device}) may be used; free memory, raise eval_memory_fraction, "
+            f"or evaluate on a larger device")
+    if device.type == "cuda":
+        logger.info(f"eval_batch_size {configured} -> {fitting}: {n_columns:,} scored columns per user, "
+                    f"{available / 2**20:.0f} MB free on {device}")
+        return fitting
+    raise EvaluationError(
+        f"eval_batch_size={configured} needs ~{configured * per_user / 2**30:.1f} GB to rank {n_columns:,} "
+        f"columns per user, but {available / 2**30:.1f} GB are available ({memory_fraction:.0%} may be used); "
+        f"set eval_batch_size={fitting} (or lower)")
 
 
 def metric_vectors(ranks, metrics=METRICS, topk=(5, 10, 20)):
@@ -104,6 +206,8 @@ class Evaluator:
         self.metrics = list(config["metrics"])
         self.topk = list(config["topk"])
         self.batch_size = int(config["eval_batch_size"])
+        self.item_chunk = config["eval_item_chunk"]
+        self.memory_fraction = float(config["eval_memory_fraction"] or DEFAULT_EVAL_MEMORY_FRACTION)
         self.mask_history = bool(config["mask_history"])
         self.show_progress = bool(config["show_progress"])
         self.config = config
@@ -152,25 +256,26 @@ class Evaluator:
         return TaskResult(task, split_dataset.user_tokens(rows), ranks,
                           summarize(ranks, self.metrics, self.topk), note, repeats)
 
-    def _batches(self, split_dataset, rows, behavior_hint, description):
-        loader = SequenceLoader(self.config, split_dataset, self.batch_size, behavior_hint=behavior_hint,
+    def _batches(self, split_dataset, rows, behavior_hint, description, n_columns, device):
+        batch_size = fit_eval_batch_size(self.batch_size, n_columns, device, self.memory_fraction)
+        loader = SequenceLoader(self.config, split_dataset, batch_size, behavior_hint=behavior_hint,
                                 target_rows=rows)
-        for begin, batch in zip(range(0, len(rows), self.batch_size),
+        for begin, batch in zip(range(0, len(rows), batch_size),
                                 tqdm(loader, desc=description, leave=False, disable=not self.show_progress)):
-            yield rows[begin:begin + self.batch_size], batch
+            yield rows[begin:begin + batch_size], batch
 
     def _item_ranks(self, model, split_dataset, rows, behavior_hint, device, description):
         n_items = split_dataset.num(split_dataset.iid_field)
         item_list_field = split_dataset.iid_field + self.config["LIST_SUFFIX"]
         ranks = []
-        for batch_rows, batch in self._batches(split_dataset, rows, behavior_hint, description):
+        for batch_rows, batch in self._batches(split_dataset, rows, behavior_hint, description, n_items, device):
             scores = model.full_sort_predict(batch.to(device)).view(len(batch_rows), -1).float()  # [B, n_items]
             self._check_scores(scores, (len(batch_rows), n_items), "full_sort_predict")
             scores[:, 0] = -torch.inf  # the padding item is never recommended
             if self.mask_history:
                 scores.scatter_(1, batch[item_list_field].to(scores.device), -torch.inf)
             targets = torch.from_numpy(split_dataset.target_items(batch_rows)).to(scores.device)
-            ranks.append(pessimistic_rank(scores, targets).cpu())
+            ranks.append(chunked_rank(scores, targets, self.item_chunk).cpu())
         return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
 
     def _pair_ranks(self, model, split_dataset, rows, device):
@@ -178,7 +283,8 @@ class Evaluator:
         n_behaviors = split_dataset.n_behaviors
         item_list_field = split_dataset.iid_field + self.config["LIST_SUFFIX"]
         ranks = []
-        for batch_rows, batch in self._batches(split_dataset, rows, None, "eval (behavior, item)"):
+        for batch_rows, batch in self._batches(split_dataset, rows, None, "eval (behavior, item)",
+                                               n_behaviors * n_items, device):
             scores = model.full_sort_predict_behavior_item(batch.to(device)).float()  # [B, n_behaviors, n_items]
             self._check_scores(scores, (len(batch_rows), n_behaviors, n_items), "full_sort_predict_behavior_item")
             scores[:, 0, :] = -torch.inf  # padding behavior
@@ -188,7 +294,8 @@ class Evaluator:
                 scores.scatter_(2, history, -torch.inf)
             targets = (torch.from_numpy(split_dataset.target_behaviors(batch_rows)) * n_items
                        + torch.from_numpy(split_dataset.target_items(batch_rows))).to(scores.device)
-            ranks.append(pessimistic_rank(scores.flatten(1), targets).cpu())  # [B, n_behaviors * n_items]
+            # [B, n_behaviors * n_items]
+            ranks.append(chunked_rank(scores.flatten(1), targets, self.item_chunk).cpu())
         return torch.cat(ranks).numpy() if ranks else np.zeros(0, dtype=np.int64)
 
     @staticmethod

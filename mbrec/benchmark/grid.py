@@ -1,0 +1,131 @@
+"""Benchmark grids on Ray: every (model, dataset, seed) of a command as one Ray task.
+
+``run_benchmark.py --models ... --datasets ... --seeds ... --ray-address auto|HOST:PORT`` joins a
+cluster; ``--workers N`` starts a local Ray that runs N runs at a time. The driver (this process)
+prepares each dataset once, skips every run whose record is already stored, and submits the
+rest; each task calls the ordinary runner (:func:`mbrec.benchmark.runner.run`) in a worker.
+
+Guarantees, and what gives them:
+
+* **each run once**: a stored record is never redone (driver check, then the runner's check
+  under the run's lock, so two drivers or a duplicate task never train one run twice);
+* **no partial record**: records are written to a temporary file and renamed (``results.py``);
+* **a dead worker's run is retried**: Ray re-executes a task whose worker process died, up to
+  ``--max-retries`` times; the OS released the dead worker's run lock, so the retry trains it.
+  A run that *raises* (bad config, a bug) is not retried: it is reported as failed with its log.
+
+On a cluster, ``--results-dir`` (and ``--cache-dir`` if shared) must be storage every node sees
+at the same path: workers write the records there and the driver reads them back.
+"""
+
+import logging
+import math
+import sys
+
+from mbrec import registry
+from mbrec.benchmark import results as store
+from mbrec.benchmark.results import ResultsError
+from mbrec.benchmark.runner import LOG_FORMAT, USER_ERRORS, plan_run, run
+
+logger = logging.getLogger("mbrec")
+DONE, FAILED = "done", "failed"
+
+
+class GridRunError(RuntimeError):
+    """A run of the grid failed in its worker (the message and ``run_log`` say why and where)."""
+
+    def __init__(self, message, run_log=None):
+        super().__init__(message)
+        self.run_log = run_log
+
+
+def run_in_worker(model, dataset, config_files, overrides, seed, device, data_path, cache_dir, results_dir,
+                  rerun):
+    """One run inside a Ray worker; returns a small outcome (the record itself is on shared storage).
+
+    Exceptions become a ``failed`` outcome, so Ray only retries a run whose worker *died*.
+    """
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        record = run(model, dataset, config_files, overrides, seed, device, data_path, cache_dir, results_dir,
+                     rerun)
+    except Exception as error:  # noqa: BLE001 (reported to the driver with the run's log)
+        log = getattr(error, "run_log", None)
+        return {"status": FAILED, "error": f"{type(error).__name__}: {error}", "log": str(log) if log else None}
+    path = store.record_path(results_dir or store.default_results_dir(), model, record["dataset"], record["seed"],
+                             record["run_key"])
+    return {"status": DONE, "path": str(path)}
+
+
+def plan_grid(args, overrides):
+    """Split the grid into stored records, runs to submit and runs that cannot start (bad input)."""
+    stored, pending, failures = [], [], []
+    for dataset in args.datasets:
+        for model in args.models:
+            for seed in args.seeds:
+                try:
+                    registry.get_model_class(model)
+                    plan = plan_run(model, dataset, args.config_files, overrides, seed, args.data_path,
+                                    args.cache_dir, args.results_dir)
+                    if plan.path.exists() and not args.rerun:
+                        stored.append(store.load_record(plan.path))
+                        continue
+                except USER_ERRORS as error:
+                    logger.error(f"{model} on {dataset} (seed {seed}): {error}")
+                    failures.append((model, dataset, seed, error))
+                    continue
+                pending.append((model, dataset, seed))
+    return stored, pending, failures
+
+
+def run_device(args):
+    """The device a grid run uses: what it reserved (``auto`` -> CUDA only with ``--gpus-per-run``)."""
+    if args.device not in (None, "auto"):
+        return args.device
+    return "cuda" if args.gpus_per_run > 0 else "cpu"
+
+
+def run_grid(args, overrides):
+    """Run the command's grid on Ray; return ``(records, failures)`` like the sequential runner."""
+    from mbrec.benchmark.tune import connect_ray, require_ray
+
+    records, pending, failures = plan_grid(args, overrides)
+    logger.info(f"grid: {len(records) + len(pending) + len(failures)} runs; {len(records)} stored (skipped), "
+                f"{len(pending)} to run, {len(failures)} cannot start")
+    if not pending:
+        return records, failures
+    ray, _ = require_ray()
+    local_cpus = None if args.ray_address else math.ceil(args.workers * args.cpus_per_run)
+    started = connect_ray(args.ray_address, local_cpus)
+    try:
+        task = ray.remote(run_in_worker).options(num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run,
+                                                 max_retries=args.max_retries, retry_exceptions=False)
+        device = run_device(args)
+        waiting = {task.remote(model, dataset, args.config_files, overrides, seed, device, args.data_path,
+                               args.cache_dir, args.results_dir, args.rerun): (model, dataset, seed)
+                   for model, dataset, seed in pending}
+        finished = 0
+        while waiting:
+            (ref,), _ = ray.wait(list(waiting), num_returns=1)
+            model, dataset, seed = waiting.pop(ref)
+            finished += 1
+            try:
+                outcome = ray.get(ref)
+            except ray.exceptions.RayError as error:  # the worker died more than --max-retries times
+                outcome = {"status": FAILED, "error": f"worker lost after {args.max_retries} retries: "
+                                                      f"{type(error).__name__}: {error}", "log": None}
+            if outcome["status"] == DONE:
+                try:
+                    records.append(store.load_record(outcome["path"]))
+                except (OSError, ResultsError) as error:
+                    outcome = {"status": FAILED, "log": None,
+                               "error": f"the worker wrote {outcome['path']} but the driver cannot read it "
+                                        f"({error}); --results-dir must be storage every node shares"}
+            if outcome["status"] == FAILED:
+                failures.append((model, dataset, seed, GridRunError(outcome["error"], outcome["log"])))
+            logger.info(f"grid [{finished}/{len(pending)}] {model} {dataset} seed={seed}: {outcome['status']}")
+    finally:
+        if started:
+            ray.shutdown()
+    return records, failures

@@ -1,0 +1,64 @@
+"""The benchmark grid on a local Ray: a killed worker is retried, each run stored exactly once."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("ray")
+
+from mbrec.benchmark import results as store  # noqa: E402
+from mbrec.benchmark.runner import main  # noqa: E402
+
+TINY = ["prepare.size={n_users: 60, n_items: 50, n_categories: 5}", "epochs=2", "eval_batch_size=64",
+        "hidden_size=16", "inner_size=32", "n_layers=1"]
+MODELS, SEEDS = ["SASRec", "Pop"], ["1", "2"]
+
+
+def kill_first_running_worker(results_dir, stop, killed):
+    """Watch run locks; SIGKILL the first process holding one whose record is not written yet."""
+    while not stop.is_set():
+        for lock in results_dir.glob("runs/*/*/*.json.lock"):
+            record = lock.with_name(lock.name[:-len(".lock")])
+            try:
+                text = lock.read_text()
+            except OSError:
+                continue
+            if text.startswith("pid ") and not record.exists():
+                pid = int(text.split()[1])
+                if pid != os.getpid():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(record)
+                    return
+        time.sleep(0.02)
+
+
+def grid(tmp_path, *extra):
+    return main(["--models", *MODELS, "--datasets", "synthetic", "--seeds", *SEEDS, "--workers", "2",
+                 "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "results"),
+                 "--no-progress", *TINY, *extra])
+
+
+def test_grid_survives_a_killed_worker_and_runs_each_run_once(tmp_path):
+    results_dir = tmp_path / "results"
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=kill_first_running_worker, args=(results_dir, stop, killed), daemon=True)
+    killer.start()
+    try:
+        assert grid(tmp_path) == 0
+    finally:
+        stop.set()
+        killer.join(10)
+    assert len(killed) == 1  # one worker really died mid-run
+    records = sorted(results_dir.glob("runs/*/*/*.json"))
+    assert len(records) == len(MODELS) * len(SEEDS)  # every run stored, none twice
+    loaded = [store.load_record(path) for path in records]  # every record complete and valid
+    assert {(r["model"], r["seed"]) for r in loaded} == {(m, int(s)) for m in MODELS for s in SEEDS}
+    assert killed[0] in records  # the killed run was retried to the end
+    created = {path: store.load_record(path)["created"] for path in records}
+
+    assert grid(tmp_path) == 0  # again: everything is stored, nothing is retrained
+    assert {path: store.load_record(path)["created"] for path in sorted(results_dir.glob("runs/*/*/*.json"))} \
+        == created
