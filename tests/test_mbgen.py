@@ -1,6 +1,7 @@
 """MBGen and its parts: item tokenizers, T5 blocks, position-routed experts, constrained beam search."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ import torch
 
 from mbrec.benchmark.scheduled_trainer import ScheduledTrainer, warmup_cosine_factor
 from mbrec.data.dataset import MultiBehaviorSequentialDataset, SequenceLoader
-from mbrec.data.item_tokenizers import ChunkedIdTokenizer, TokenLayout
+from mbrec.data.item_tokenizers import (ChunkedIdTokenizer, SemanticIdTokenizer, TokenLayout, balanced_assignment,
+                                        build_item_tokenizer)
 from mbrec.evaluation import Evaluator
 from mbrec.evaluation.evaluator import pessimistic_rank
 from mbrec.layers.moe import PositionRoutedFFN
@@ -57,6 +59,57 @@ def test_valid_next_digits_is_the_prefix_trie():
             expected = [any(path[:level] == prefix and path[level] == digit for path in paths)
                         for digit in range(sizes[level])]
             assert table[index].tolist() == expected
+
+
+def clustered_vectors(n_items=200, n_clusters=8, dim=16, seed=0):
+    """``[n_items, dim]`` (row 0 padding): items around ``n_clusters`` centres, and each item's cluster."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters, dim)) * 5
+    cluster = rng.integers(n_clusters, size=n_items)
+    vectors = centres[cluster] + rng.normal(size=(n_items, dim)) * 0.3
+    return vectors.astype(np.float32), cluster
+
+
+SMALL_SID = dict(hidden_sizes=[32], latent_size=8, epochs=20, seed=3)
+
+
+def test_sid_is_a_balanced_bijection_that_groups_similar_items():
+    vectors, cluster = clustered_vectors()
+    tokenizer = SemanticIdTokenizer(vectors, codebook_size=8, **SMALL_SID)
+    items = torch.arange(1, 200)
+    codes = tokenizer.encode(items)
+    assert len({tuple(code) for code in codes.tolist()}) == 199  # one unique code per item
+    assert torch.equal(tokenizer.decode(codes), items)
+    assert np.bincount(codes[:, 0].numpy()).max() <= math.ceil(199 / 8)  # balanced first digit
+    assert tokenizer.level_sizes[:2] == (8, 8) and tokenizer.level_sizes[2] == codes[:, 2].max() + 1
+    # items of one cluster share first digits far more often than chance (1/8)
+    first, same_cluster = codes[:, 0].numpy(), cluster[1:, None] == cluster[None, 1:]
+    same_code = first[:, None] == first[None, :]
+    assert same_code[same_cluster].mean() > 0.5
+    again = SemanticIdTokenizer(vectors, codebook_size=8, **SMALL_SID)
+    assert torch.equal(again.codes, tokenizer.codes)  # deterministic with a seed
+
+
+def test_balanced_assignment_respects_capacity():
+    distances = torch.tensor([[0.0, 1.0], [0.1, 1.0], [0.2, 1.0]])  # everyone prefers centre 0
+    assert balanced_assignment(distances, capacity=2).tolist() == [0, 0, 1]
+
+
+def test_sid_is_read_from_a_vector_file_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("MBREC_CACHE_DIR", str(tmp_path / "cache"))
+    vectors, _ = clustered_vectors(n_items=60)
+    np.save(tmp_path / "vectors.npy", vectors[::-1].copy())  # rows in another order than the dataset's ids
+    (tmp_path / "ids.txt").write_text("\n".join(f"i{row}" for row in reversed(range(60))))
+    config = {"item_tokenizer": "sid", "item_vectors_file": str(tmp_path / "vectors.npy"),
+              "item_vectors_ids": str(tmp_path / "ids.txt"), "sid_codebook_size": 4, "sid_hidden_sizes": [16],
+              "sid_latent_size": 4, "sid_epochs": 5, "sid_learning_rate": 1e-3, "tokenizer_seed": 1}
+    tokens = ["[PAD]", *(f"i{row}" for row in range(1, 60))]
+    first = build_item_tokenizer(config, tokens)
+    assert len(list((tmp_path / "cache" / "item_tokens").glob("sid-*.npy"))) == 1
+    cached = build_item_tokenizer(config, tokens)
+    assert torch.equal(cached.codes, first.codes) and cached.level_sizes == first.level_sizes
+    with pytest.raises(ValueError, match="have no vector"):
+        build_item_tokenizer(config, [*tokens, "unknown"])
 
 
 def test_token_ranges_do_not_overlap_and_cover_the_vocabulary():

@@ -84,7 +84,7 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
                                                                                      n_decoder_layers):
             raise ValueError("behavior_injection_layers must be between 1 and the number of layers of each stack")
 
-        self.tokenizer = build_item_tokenizer(config, self.n_items)
+        self.tokenizer = build_item_tokenizer(config, list(dataset.field2id_token[self.ITEM_ID]))
         self.layout = TokenLayout(self.n_behaviors - 1, self.tokenizer.level_sizes, int(config["n_user_buckets"]))
         self.n_slots = 1 + self.tokenizer.n_levels  # behavior + digits: the decoder generates these
         self.register_buffer("item_codes", self.tokenizer.codes.clone(), persistent=False)  # [n_items, levels]
