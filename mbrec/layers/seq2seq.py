@@ -79,10 +79,22 @@ class Attention(nn.Module):
         return x.view(x.size(0), x.size(1), self.n_heads, self.d_head).transpose(1, 2)  # [B, H, L, d]
 
     def forward(self, x, context, bias):
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(context)), self._heads(self.value(context))
+        """``x [B * G, Lq, D]`` attends to ``context [B, Lk, D]``; ``G`` > 1 query groups share one context.
+
+        Beam search asks with ``G`` beams per example: their queries are stacked along the query
+        axis of their example (exact for attention, whose query rows are independent), so the
+        context's keys and values are computed once per example, not once per beam.
+        """
+        groups = x.size(0) // context.size(0)
+        if groups * context.size(0) != x.size(0):
+            raise ValueError(f"{x.size(0)} query rows do not split into groups over {context.size(0)} contexts")
+        length = x.size(1)
+        stacked = x.reshape(context.size(0), groups * length, x.size(2))  # [B, G * Lq, D]
+        q = self._heads(self.query(stacked))
+        k, v = self._heads(self.key(context)), self._heads(self.value(context))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
-                                             dropout_p=self.dropout_prob if self.training else 0.0)  # [B, H, Lq, d]
-        return self.output(out.transpose(1, 2).reshape(x.size(0), x.size(1), -1))  # [B, Lq, D]
+                                             dropout_p=self.dropout_prob if self.training else 0.0)  # [B, H, G*Lq, d]
+        return self.output(out.transpose(1, 2).reshape(x.size(0), length, -1))  # [B * G, Lq, D]
 
 
 class FeedForward(nn.Module):

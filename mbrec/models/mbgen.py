@@ -158,9 +158,10 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
         return self.encoder_norm(hidden), padding
 
     def decode(self, decoder_tokens, decoder_behaviors, memory, memory_padding):
-        """Logits ``[B, T, vocab]`` of the next token after each position of ``decoder_tokens [B, T]``.
+        """Logits ``[B * G, T, vocab]`` of the next token after each position of ``decoder_tokens [B * G, T]``.
 
-        ``decoder_behaviors [B, T]``: the behavior injected at each position (0 = none).
+        ``decoder_behaviors [B * G, T]``: the behavior injected at each position (0 = none). ``G``
+        consecutive rows (beams) share one example's ``memory [B, S, D]`` and ``memory_padding [B, S]``.
         """
         length = decoder_tokens.size(1)
         self_bias = self.decoder_position_bias(length, length) + causal_bias(length, torch.float32,
@@ -230,7 +231,7 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
             injected = (torch.zeros(batch_size, width, dtype=torch.long, device=device) if beam_behaviors is None
                         else beam_behaviors)
             logits = self.decode(tokens.flatten(0, 1), self.decoder_behaviors(injected.flatten(), length),
-                                 memory.repeat_interleave(width, 0), memory_padding.repeat_interleave(width, 0))
+                                 memory, memory_padding)  # the beams of an example share its memory
             log_probs = F.log_softmax(logits[:, -1], dim=-1).view(batch_size, width, -1)  # [B, W, vocab]
             if level < 0:
                 offset, n_choices = self.layout.behavior_offset, self.layout.n_behaviors
