@@ -20,6 +20,7 @@ MBREC_MODELS = {
     "DiffuRecSysV1": "mbrec.models.diffurecsys:DiffuRecSysV1",
     "DiffuRecSysMB": "mbrec.models.diffurecsys:DiffuRecSysMB",
     "FatsMB": "mbrec.models.fatsmb:FatsMB",
+    "MBGen": "mbrec.models.mbgen:MBGen",
 }
 
 

@@ -66,6 +66,7 @@ class Trainer:
         self.valid_metric = str(config["valid_metric"]).lower()
         self.valid_task = config["valid_task"]
         self.clip_grad_norm = config["clip_grad_norm"]
+        self.scheduler = None  # an optional per-batch learning-rate schedule (e.g. ScheduledTrainer sets one)
         self.show_progress = bool(config["show_progress"])
         self.history = []  # one dict per epoch: loss, seconds, valid score
         # Called as callback(entry, best_score, best_epoch) after each validation (tune trials report there).
@@ -134,6 +135,8 @@ class Trainer:
             if self.clip_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
             self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
             total += loss.item()
             batches += 1
             progress.set_postfix(loss=f"{total / batches:.4f}")

@@ -52,3 +52,38 @@ class TaskRoutedMoE(nn.Module):
             weights = torch.softmax(self.task_gates[task_id - 1](inputs), dim=-1)  # Eq. 18: [n, E]
             output[selected] = (weights.unsqueeze(-1) * experts).sum(dim=1)  # Eq. 19
         return output
+
+
+class PositionRoutedFFN(nn.Module):
+    """Feed-forward experts chosen by a given route per token, no learned router.
+
+    MBGen's position-routed sparse FFN (Liu et al., "Multi-Behavior Generative Recommendation",
+    Section 3.3): in the decoder, the expert of a token is fixed by the slot it generates (BOS ->
+    the behavior expert, behavior -> the first-digit expert, ...), so each expert specialises in
+    one token type and none can collapse, as learned gates may. ``experts`` are modules called
+    as ``expert(x, behavior_vectors)`` (e.g. :class:`mbrec.layers.seq2seq.FeedForward`); each
+    token goes through exactly one of them.
+    """
+
+    def __init__(self, experts):
+        super().__init__()
+        self.experts = nn.ModuleList(experts)
+
+    def forward(self, x, behavior_vectors=None, routes=None):
+        """``x [B, S, D_in]``, ``routes [B, S]`` or ``[S]`` expert ids -> ``[B, S, D]``."""
+        if routes is None:
+            raise ValueError("PositionRoutedFFN needs a route (expert id) for every token")
+        routes = routes.expand(x.shape[:-1]) if routes.dim() == 1 else routes  # [B, S]
+        if routes.min() < 0 or routes.max() >= len(self.experts):
+            raise ValueError(f"routes must lie in 0..{len(self.experts) - 1}, got {routes.unique().tolist()}")
+        output = None
+        for expert_id, expert in enumerate(self.experts):
+            selected = routes == expert_id  # [B, S]
+            if not selected.any():
+                continue
+            vectors = None if behavior_vectors is None else behavior_vectors[selected]
+            result = expert(x[selected], vectors)  # [n, D]
+            if output is None:
+                output = x.new_zeros(*x.shape[:-1], result.size(-1))
+            output[selected] = result
+        return output
