@@ -16,6 +16,7 @@ MBREC_MODELS = {
     "BERT4Rec_MB": "baselines.bert4rec_mb:BERT4Rec_MB",
     "BERT4Rec_B": "baselines.bert4rec_b:BERT4Rec_B",
     "MBSTR": "baselines.mbstr:MBSTR",
+    "PBAT": "baselines.pbat:PBAT",
     "Pop": "baselines.heuristics:Pop",
     "Recent": "baselines.heuristics:Recent",
     "DiffuRec": "baselines.diffurec:DiffuRec",

@@ -1,4 +1,4 @@
-"""Multi-behavior baselines: BERT4Rec_MB, BERT4Rec_B, MB-STR and their building blocks."""
+"""Multi-behavior baselines: BERT4Rec_MB, BERT4Rec_B, MB-STR, PBAT and their building blocks."""
 
 import copy
 
@@ -10,11 +10,13 @@ from mbrec.data.dataset import MultiBehaviorSequentialDataset, SequenceLoader
 from mbrec.layers.behavior_attention import (BehaviorPairRelativeBias, BehaviorSpecificEncoderLayer,
                                              BehaviorSpecificLinear, BehaviorSpecificSelfAttention)
 from mbrec.layers.cloze import cloze_mask, padding_after, with_slot
+from mbrec.layers.wasserstein import squared_wasserstein
 from mbrec.registry import get_model_class
 from tests.conftest import make_config, write_inter
 
 HIDDEN, HEADS, LENGTH, BEHAVIORS = 16, 2, 8, 4  # BEHAVIORS includes id 0 (padding / unknown)
-MODELS = ["BERT4Rec_MB", "BERT4Rec_B", "MBSTR"]
+CLOZE_MODELS = ["BERT4Rec_MB", "BERT4Rec_B", "MBSTR"]
+MODELS = [*CLOZE_MODELS, "PBAT"]
 TINY = dict(behaviors=["view", "cart", "buy"], hidden_size=16, inner_size=32, n_layers=1, hidden_dropout_prob=0.0,
             attn_dropout_prob=0.0, MAX_ITEM_LIST_LENGTH=16, train_batch_size=64, eval_batch_size=64,
             eval_tasks=["behavior_specific"], topk=[1, 5, 10])
@@ -228,7 +230,7 @@ def test_mbstr_swapping_behaviors_everywhere_leaves_scores_unchanged(built):
 @pytest.mark.parametrize("overrides, message", [(dict(loss_type="BPR"), "CE only"),
                                                 (dict(transform="mask_itemseq"), "transform"),
                                                 (dict(mask_ratio=1.0), "mask_ratio")])
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", CLOZE_MODELS)
 def test_bad_config_is_refused(built, model, overrides, message):
     with pytest.raises(ValueError, match=message):
         built(model, **overrides)
@@ -262,3 +264,33 @@ def test_runs_through_the_runner(tmp_path, model):
     for task in ("behavior_specific", "target_behavior", "next_item"):
         assert 0.0 <= record["results"][task]["metrics"]["ndcg@10"] <= 1.0
     assert (record["results"]["behavior_item"] is None) == (model != "BERT4Rec_B")  # only pair tokens rank pairs
+
+
+# ----- PBAT: Gaussian tokens, Wasserstein attention, personalized behaviors ------------------------
+
+def test_squared_wasserstein_of_diagonal_gaussians():
+    torch.manual_seed(0)
+    mean_a, std_a, mean_b, std_b = torch.randn(3, 4), torch.rand(3, 4), torch.randn(5, 4), torch.rand(5, 4)
+    expected = ((mean_a[:, None] - mean_b[None]).square().sum(-1) + (std_a[:, None] - std_b[None]).square().sum(-1))
+    assert torch.allclose(squared_wasserstein(mean_a, std_a, mean_b, std_b), expected, atol=1e-5)
+    assert torch.allclose(squared_wasserstein(mean_a, std_a, mean_a, std_a).diagonal(), torch.zeros(3), atol=1e-5)
+
+
+def test_pbat_is_causal_and_personalized(built):
+    config, network, train, test = built("PBAT")
+    network.eval()
+    batch = first_batch(config, test, training=False)
+    mean, std = network.forward(batch)
+    shorter = copy.deepcopy(batch)
+    shorter["item_length"] = batch["item_length"] - 1  # the same history, one interaction less
+    future = copy.deepcopy(shorter)
+    rows = torch.arange(len(batch))
+    future["item_id_list"][rows, shorter["item_length"]] = 1  # a different item at the dropped position
+    short_mean, _ = network.forward(shorter)
+    assert torch.allclose(network.forward(future)[0], short_mean, atol=1e-5)  # never looks ahead
+    assert not torch.allclose(short_mean, mean, atol=1e-4)
+    other_user = copy.deepcopy(batch)
+    other_user["user_id"] = batch["user_id"].roll(1)
+    with torch.no_grad():
+        network.pattern_mean.weight.normal_()  # the user shift is small at init: make it matter
+    assert not torch.allclose(network.full_sort_predict(other_user), network.full_sort_predict(batch), atol=1e-4)
