@@ -78,8 +78,9 @@ class WassersteinEncoderLayer(nn.Module):
         self.dropout = nn.Dropout(hidden_dropout_prob)
         self.norms = nn.ModuleList(nn.LayerNorm(hidden_size, eps=layer_norm_eps) for _ in range(4))
         self.ffns = nn.ModuleList(
-            nn.Sequential(nn.Linear(hidden_size, inner_size), ACTIVATIONS[hidden_act](), nn.Dropout(hidden_dropout_prob),
-                          nn.Linear(inner_size, hidden_size)) for _ in range(2))
+            nn.Sequential(nn.Linear(hidden_size, inner_size), ACTIVATIONS[hidden_act](),
+                          nn.Dropout(hidden_dropout_prob), nn.Linear(inner_size, hidden_size))
+            for _ in range(2))  # one FFN for the mean stream, one for the std stream
 
     def forward(self, mean, std, key_mask, scores_bias=None):
         attended_mean, attended_std = self.attention(mean, std, key_mask, scores_bias)
