@@ -13,6 +13,10 @@ from mbrec.utils import PROPERTIES_DIR
 MBREC_MODELS = {
     "SASRec_B": "baselines.sasrec_b:SASRec_B",
     "SASRec_MB": "baselines.sasrec_mb:SASRec_MB",
+    "BERT4Rec_MB": "baselines.bert4rec_mb:BERT4Rec_MB",
+    "BERT4Rec_B": "baselines.bert4rec_b:BERT4Rec_B",
+    "MBSTR": "baselines.mbstr:MBSTR",
+    "PBAT": "baselines.pbat:PBAT",
     "Pop": "baselines.heuristics:Pop",
     "Recent": "baselines.heuristics:Recent",
     "DiffuRec": "baselines.diffurec:DiffuRec",
