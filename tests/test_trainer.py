@@ -76,3 +76,60 @@ def test_the_record_names_the_checkpoint_test_was_evaluated_on(tmp_path, touched
     assert lock["valid_value"] == pytest.approx(record["training"]["best_valid_score"])
     assert lock["valid_value"] == max(entry["valid_score"] for entry in record["training"]["history"])
     assert lock["valid_metric"] == "ndcg@10" and lock["selected_on"] == "valid"
+
+
+# ----- loader prefetching, data-wait accounting, bf16 -------------------------------------------
+
+def _batches(config, split, prefetch, stop_after=None):
+    from mbrec.data.dataset import SequenceLoader
+
+    from recbole.utils import init_seed
+
+    init_seed(7, True)  # the shuffle (torch) and BERT4Rec's masking (Python's random) draw from global RNGs
+    batches = []
+    for batch in SequenceLoader(config, split, 5, shuffle=True, training=True, prefetch=prefetch):
+        batches.append({field: value.clone() for field, value in batch.interaction.items()})
+        if stop_after is not None and len(batches) == stop_after:
+            break
+    return batches
+
+
+@pytest.mark.parametrize("model_name", ["SASRec", "BERT4Rec"])
+def test_prefetching_gives_the_same_batches_in_the_same_order(tmp_path, model_name):
+    config = make_config(model_name, write_inter(tmp_path, "tiny", ROWS))
+    train, _, _ = MultiBehaviorSequentialDataset(config).build()
+    plain, prefetched = _batches(config, train, 0), _batches(config, train, 3)
+    assert len(plain) == len(prefetched) > 3
+    for first, second in zip(plain, prefetched):
+        assert first.keys() == second.keys()
+        assert all(torch.equal(first[field], second[field]) for field in first)
+    assert len(_batches(config, train, 2, stop_after=2)) == 2  # leaving early does not hang the thread
+
+
+def test_a_failing_prefetch_raises_in_the_training_loop(tmp_path, monkeypatch):
+    from mbrec.data.dataset import SequenceLoader
+
+    config = make_config("SASRec", write_inter(tmp_path, "tiny", ROWS))
+    train, _, _ = MultiBehaviorSequentialDataset(config).build()
+
+    def broken(self, rows, **kwargs):
+        raise RuntimeError("gather failed")
+
+    monkeypatch.setattr(type(train), "make_batch", broken)
+    with pytest.raises(RuntimeError, match="gather failed"):
+        list(SequenceLoader(config, train, 5, shuffle=True, training=True, prefetch=2))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_records_data_wait_and_runs_in_bf16(tmp_path, precision):
+    config = make_config("SASRec", write_inter(tmp_path, "tiny", ROWS), hidden_size=16, inner_size=32, epochs=2,
+                         precision=precision, loader_prefetch=2)
+    train, valid, _ = MultiBehaviorSequentialDataset(config).build()
+    network = registry.get_model_class("SASRec")(config, train)
+    trainer = Trainer(config, network, torch.device("cpu"))
+    trainer.fit(train, valid, tmp_path / "model.pth")
+    for entry in trainer.history:
+        assert 0.0 <= entry["data_wait_seconds"] <= entry["train_seconds"]
+        assert entry["loss"] == entry["loss"] and entry["loss"] > 0  # finite, not NaN
+    with pytest.raises(ValueError, match="precision"):
+        Trainer(make_config("SASRec", tmp_path / "tiny", precision="fp8"), network, torch.device("cpu"))

@@ -232,6 +232,9 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
             "parameters": n_parameters,
             "train_seconds": train_seconds,
             "train_seconds_per_epoch": float(np.mean(train_epochs)) if train_epochs else None,
+            # share of training time the loop waited for batches (the device idles meanwhile)
+            "data_wait_share": (sum(entry.get("data_wait_seconds", 0.0) for entry in trainer.history)
+                                / sum(train_epochs)) if train_epochs and sum(train_epochs) > 0 else None,
             "eval_seconds": eval_seconds,
             "data_seconds": data_seconds,
             "peak_cpu_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

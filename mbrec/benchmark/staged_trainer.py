@@ -110,7 +110,7 @@ class StagedTrainer(Trainer):
             start = time.perf_counter()
             loss = self._train_epoch(loader, epoch)
             entry = {"epoch": epoch, "stage": stage, "stage_epoch": stage_epoch, "loss": loss,
-                     "train_seconds": time.perf_counter() - start}
+                     "train_seconds": time.perf_counter() - start, "data_wait_seconds": self.data_wait_seconds}
             seconds.append(entry["train_seconds"])
             if (stage_epoch + 1) % self.eval_step == 0 or stage_epoch == epochs - 1:
                 start = time.perf_counter()

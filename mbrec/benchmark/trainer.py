@@ -23,6 +23,7 @@ import math
 import time
 
 import torch
+from recbole.data.interaction import Interaction
 from tqdm import tqdm
 
 from mbrec.data.dataset import SequenceLoader
@@ -38,6 +39,17 @@ OPTIMIZERS = {
     "adagrad": torch.optim.Adagrad,
     "rmsprop": torch.optim.RMSprop,
 }
+
+
+# Training precision (``precision``): bf16 runs the forward pass and loss under torch.autocast;
+# weights, optimizer state and evaluation stay fp32 (bf16 scores would tie items that fp32 tells
+# apart, and ties count against the target).
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _to_device(batch, device):
+    """Pinned batches are copied asynchronously; the step that follows waits for them on the device."""
+    return Interaction({field: value.to(device, non_blocking=True) for field, value in batch.interaction.items()})
 
 
 class TrainingError(RuntimeError):
@@ -67,6 +79,11 @@ class Trainer:
         self.valid_task = config["valid_task"]
         self.clip_grad_norm = config["clip_grad_norm"]
         self.scheduler = None  # an optional per-batch learning-rate schedule (e.g. ScheduledTrainer sets one)
+        self.precision = config["precision"] or "fp32"
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got '{self.precision}'")
+        self.loader_prefetch = int(config["loader_prefetch"] or 0)
+        self.data_wait_seconds = 0.0  # of the last epoch: time the training loop waited for batches
         self.show_progress = bool(config["show_progress"])
         self.history = []  # one dict per epoch: loss, seconds, valid score
         # Called as callback(entry, best_score, best_epoch) after each validation (tune trials report there).
@@ -74,7 +91,8 @@ class Trainer:
 
     def train_loader(self, train_dataset):
         return SequenceLoader(self.config, train_dataset, self.config["train_batch_size"], shuffle=True,
-                              training=True)
+                              training=True, prefetch=self.loader_prefetch,
+                              pin_memory=torch.device(self.device).type == "cuda")
 
     def fit(self, train_dataset, valid_dataset, checkpoint_path):
         """Train until ``epochs`` or early stopping; leave the best weights loaded."""
@@ -83,7 +101,8 @@ class Trainer:
         for epoch in range(self.epochs):
             start = time.perf_counter()
             loss = self._train_epoch(loader, epoch)
-            entry = {"epoch": epoch, "loss": loss, "train_seconds": time.perf_counter() - start}
+            entry = {"epoch": epoch, "loss": loss, "train_seconds": time.perf_counter() - start,
+                     "data_wait_seconds": self.data_wait_seconds}
             if (epoch + 1) % self.eval_step == 0 or epoch == self.epochs - 1:
                 start = time.perf_counter()
                 score = self.validate(valid_dataset)
@@ -121,11 +140,21 @@ class Trainer:
     def _train_epoch(self, loader, epoch):
         self.model.train()
         total, batches = 0.0, 0
+        self.data_wait_seconds = 0.0
+        device_type = torch.device(self.device).type
         progress = tqdm(loader, desc=f"train {epoch:>3}", leave=False, disable=not self.show_progress)
-        for batch in progress:
-            batch = batch.to(self.device)
+        batch_iterator = iter(progress)
+        while True:
+            # loss.item() below synchronises each step, so time spent here is time the device idles
+            waited = time.perf_counter()
+            batch = next(batch_iterator, None)
+            if batch is None:
+                break
+            batch = _to_device(batch, self.device)
+            self.data_wait_seconds += time.perf_counter() - waited
             self.optimizer.zero_grad()
-            loss = self.model.calculate_loss(batch)
+            with torch.autocast(device_type, dtype=PRECISIONS[self.precision], enabled=self.precision != "fp32"):
+                loss = self.model.calculate_loss(batch)
             if isinstance(loss, tuple):  # some RecBole models return several loss terms
                 loss = sum(loss)
             if not torch.isfinite(loss):

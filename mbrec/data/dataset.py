@@ -21,6 +21,9 @@ batches never carry the target item; they carry ``behavior`` only when the task 
 (see ``mbrec.evaluation``).
 """
 
+import queue
+import threading
+
 import numpy as np
 import torch
 from recbole.data.dataset import SequentialDataset
@@ -258,7 +261,7 @@ class SequenceLoader:
     """
 
     def __init__(self, config, split_dataset, batch_size, shuffle=False, training=False, behavior_hint=None,
-                 target_rows=None):
+                 target_rows=None, prefetch=0, pin_memory=False):
         self.config = config
         self.dataset = split_dataset
         self.target_rows = split_dataset.target_rows if target_rows is None else np.asarray(target_rows)
@@ -270,18 +273,74 @@ class SequenceLoader:
         neg_args = config["train_neg_sample_args"] or {}
         self.sample_negatives = training and neg_args.get("distribution", "none") not in (None, "none")
         self.n_items = split_dataset.num(split_dataset.iid_field)
+        self.prefetch = int(prefetch or 0)
+        self.pin_memory = bool(pin_memory)
+        if self.prefetch < 0:
+            raise ValueError(f"loader_prefetch must be >= 0 batches, got {prefetch}")
 
     def __len__(self):
         return (len(self.target_rows) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self):
         order = torch.randperm(len(self.target_rows)).numpy() if self.shuffle else np.arange(len(self.target_rows))
-        for begin in range(0, len(order), self.batch_size):
-            rows = self.target_rows[order[begin:begin + self.batch_size]]
-            batch = self.dataset.make_batch(rows, with_target=self.training, behavior_hint=self.behavior_hint)
+        row_batches = [self.target_rows[order[begin:begin + self.batch_size]]
+                       for begin in range(0, len(order), self.batch_size)]
+        gathered = self._gather_in_background(row_batches) if self.prefetch else map(self._gather, row_batches)
+        for rows, batch in gathered:
+            # Random draws (masking, negatives) stay in the consuming thread, in batch order, so a
+            # seeded run gives the same batches with or without prefetching.
             if self.transform is not None:
                 batch = self.transform(self.dataset, batch)
             if self.sample_negatives:
                 negatives = torch.randint(1, self.n_items, (len(rows),))
                 batch.update(Interaction({self.config["NEG_PREFIX"] + self.dataset.iid_field: negatives}))
             yield batch
+
+    def _gather(self, rows):
+        """The deterministic part of a batch: windows gathered from the flat arrays (pinned if asked)."""
+        batch = self.dataset.make_batch(rows, with_target=self.training, behavior_hint=self.behavior_hint)
+        if self.pin_memory:
+            batch = Interaction({field: value.pin_memory() for field, value in batch.interaction.items()})
+        return rows, batch
+
+    def _gather_in_background(self, row_batches):
+        """Gather up to ``prefetch`` batches ahead in a thread (NumPy/torch gathers release the GIL)."""
+        ready = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        done = object()
+
+        def produce():
+            try:
+                for rows in row_batches:
+                    item = self._gather(rows)
+                    while not stop.is_set():
+                        try:
+                            ready.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                item = done
+            except BaseException as error:  # handed to the consumer, raised there
+                item = error
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        worker = threading.Thread(target=produce, name="mbrec-prefetch", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = ready.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()  # the consumer stopped early (or finished): let the thread end
+            worker.join()
