@@ -20,6 +20,7 @@ MBREC_MODELS = {
     "DiffuRecSysV1": "mbrec.models.diffurecsys:DiffuRecSysV1",
     "DiffuRecSysMB": "mbrec.models.diffurecsys:DiffuRecSysMB",
     "FatsMB": "mbrec.models.fatsmb:FatsMB",
+    "M3BSR": "mbrec.models.m3bsr:M3BSR",
 }
 
 
