@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mbrec.benchmark.trainer import Trainer
+from mbrec.config import merge_layers
 from mbrec.data import synthetic
 from mbrec.data.dataset import MultiBehaviorSequentialDataset, SequenceLoader
 from mbrec.data.item_features import CATEGORICAL, DENSE, ItemFeatureError, load_item_features
@@ -158,6 +159,16 @@ def test_config_switches_and_errors(tmp_path):
     config, train, _, _ = build(folder, modal_features=["image"])
     with pytest.raises(ItemFeatureError, match="image"):
         get_model_class("M3BSR")(config, train)
+
+
+@pytest.mark.parametrize("ablation, switch", [("M3BSR_woMD", "modality_denoising"),
+                                              ("M3BSR_woBD", "behavior_denoising"), ("M3BSR_woCL", "contrastive")])
+def test_each_ablation_switches_off_one_part(ablation, switch):
+    settings = merge_layers(ablation, "synthetic")
+    assert settings[switch] is False
+    assert all(settings[other] is True for other in ("modality_denoising", "behavior_denoising", "contrastive")
+               if other != switch)
+    assert get_model_class(ablation) is get_model_class("M3BSR")
 
 
 def test_small_m3bsr_overfits_a_tiny_dataset(tmp_path):
