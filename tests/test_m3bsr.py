@@ -135,6 +135,12 @@ def test_model_router_depends_on_the_asked_behavior(tmp_path):
     assert not torch.allclose(weights[1], weights[3])
     scores = {b: model.full_sort_predict(_with_behavior(batch, b)) for b in (1, 3)}
     assert not torch.allclose(scores[1], scores[3])
+    assert torch.equal(scores[1], model.full_sort_predict(_with_behavior(batch, 1)))  # deterministic denoising
+    assert (scores[1][:, 0] == scores[1][:, 0]).all() and torch.isfinite(scores[1]).all()
+    with torch.no_grad():  # new weights: the cached evaluation table of denoised item features is rebuilt
+        model.modal_encoders[0].weight.mul_(2.0)
+    model.eval()
+    assert not torch.allclose(scores[1], model.full_sort_predict(_with_behavior(batch, 1)))
 
 
 def _with_behavior(batch, behavior):
