@@ -25,6 +25,10 @@ MBREC_MODELS = {
     "DiffuRecSysMB": "mbrec.models.diffurecsys:DiffuRecSysMB",
     "FatsMB": "mbrec.models.fatsmb:FatsMB",
     "MBGen": "mbrec.models.mbgen:MBGen",
+    "M3BSR": "mbrec.models.m3bsr:M3BSR",
+    "M3BSR_woMD": "mbrec.models.m3bsr:M3BSR",  # ablations: properties/model/M3BSR_wo*.yaml switch one part off
+    "M3BSR_woBD": "mbrec.models.m3bsr:M3BSR",
+    "M3BSR_woCL": "mbrec.models.m3bsr:M3BSR",
 }
 
 

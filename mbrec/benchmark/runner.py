@@ -226,6 +226,7 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
         "results": {task: (result.to_record() if result else None) for task, result in test_results.items()},
         "valid_results": {task: (result.metrics if result else None) for task, result in valid_results.items()},
         "training": fit_summary | {"history": trainer.history},
+        "model_notes": getattr(network, "run_notes", None),  # what the model ran with (e.g. M3BSR: ID-only)
         "test_lock": test_lock,
         "sampling_spread": sampling_spread,
         "efficiency": {

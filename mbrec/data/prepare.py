@@ -66,7 +66,7 @@ LOCATION_KEYS = ("subdir", "source")
 LAYOUT_KEYS = ("files", "heldout_file")
 OVERRIDABLE_KEYS = {
     "format", "files", "heldout_file", "heldout", "time_range", "sep", "header",
-    "behavior_map", "size", "seed", "content_dim", "behaviors", "target_behavior",
+    "behavior_map", "size", "seed", "content_dim", "content_noise", "behaviors", "target_behavior",
 }
 
 # IJCAI-15 ``user_log_format1.csv``: MMDD dates of 2015, days start at midnight China time.
@@ -792,7 +792,8 @@ def read_synthetic(files, options):
     def write_content(folder, name, item_ids):
         if content_dim <= 0:
             return
-        vectors = np.asarray(synthetic.item_content(size, seed, content_dim), dtype=np.float32)
+        noise = float(options.get("content_noise", synthetic.CONTENT_NOISE))  # synthetic's std unless set
+        vectors = np.asarray(synthetic.item_content(size, seed, content_dim, noise), dtype=np.float32)
         np.savez(folder / f"{name}.content.npz", item_id=np.array([str(i) for i in item_ids]),
                  vectors=vectors[item_ids])
 

@@ -312,18 +312,20 @@ def item_latent_factors(size: ParamsLike = DEFAULT_SIZE, seed: int = DEFAULT_SEE
 
 
 def item_content(size: ParamsLike = DEFAULT_SIZE, seed: int = DEFAULT_SEED,
-                 dim: int = CONTENT_DIM) -> np.ndarray:
+                 dim: int = CONTENT_DIM, noise: float = CONTENT_NOISE) -> np.ndarray:
     """Dense content vectors float32 ``[n_items, dim]`` (row i = item id i).
 
-    ``content = latent @ W / sqrt(LATENT_DIM) + CONTENT_NOISE * N(0, I)`` with a
+    ``content = latent @ W / sqrt(LATENT_DIM) + noise * N(0, I)`` with a
     fixed random Gaussian projection ``W``; items of the same category (and, less
-    so, the same group) have similar content vectors.
+    so, the same group) have similar content vectors. ``noise = 0`` gives the clean
+    signal (the ground truth of a denoiser); the noise draw does not depend on ``noise``,
+    so two levels differ only in its scale.
     """
     lat = item_latent_factors(size, seed)
     rng = np.random.default_rng([seed, CONTENT_STREAM, dim])
     proj = (rng.standard_normal((LATENT_DIM, dim)) / math.sqrt(LATENT_DIM)).astype(np.float32)
     out = lat @ proj
-    out += (CONTENT_NOISE * rng.standard_normal(out.shape)).astype(np.float32)
+    out += (noise * rng.standard_normal(out.shape)).astype(np.float32)
     return out.astype(np.float32, copy=False)
 
 

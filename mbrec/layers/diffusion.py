@@ -235,3 +235,89 @@ def offset_noise(shape, scale, delta=None, device=None, generator=None):
     else:
         shift = torch.full(per_sample, float(delta), device=device)
     return noise + scale * shift
+
+
+def linear_betas(beta_start, beta_end, n_steps):
+    """DDPM's linear schedule *without* rescaling to ``n_steps``: ``beta_start .. beta_end`` over T steps.
+
+    For a short chain that starts from an observed, mildly noisy feature (M3BSR's feature
+    denoising, T in {1, 5, 10, 15}): at T = 10 with 1e-4..0.02, ``alpha_bar_{T-1}`` is about 0.9,
+    i.e. the observed feature is read as a sample with noise std ~0.3, not as pure noise.
+    """
+    if n_steps < 1:
+        raise ValueError(f"diffusion needs at least one step, got {n_steps}")
+    if not 0 < beta_start <= beta_end < 1:
+        raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+    return torch.linspace(beta_start, beta_end, n_steps, dtype=torch.float64)
+
+
+class CrossAttentionDenoiser(nn.Module):
+    """Noise predictor ``eps(x_t, t, condition)``: the noisy tokens attend to the condition tokens.
+
+    ``x_t`` ``[N, Lq, D]`` (queries, plus the step embedding), ``condition`` ``[N, Lc, D]`` (keys and
+    values) with ``condition_padding`` ``[N, Lc]`` (True = ignore). The step embedding is also a
+    condition token of its own, so a row whose condition is all padding still has a key. One
+    pre-LN block (cross-attention, feed-forward, both residual) and a linear read-out of the noise;
+    no normalisation after the last residual, because the noise is read off the scale of ``x_t``.
+    """
+
+    def __init__(self, dim, n_heads, inner_size, dropout=0.0, step_scale=1.0):
+        super().__init__()
+        self.steps = TimestepEncoder(dim, step_scale=step_scale)
+        self.query_norm = nn.LayerNorm(dim)
+        self.condition_norm = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, n_heads, dropout=dropout, batch_first=True)
+        self.feed_forward_norm = nn.LayerNorm(dim)
+        self.feed_forward = nn.Sequential(nn.Linear(dim, inner_size), nn.GELU(), nn.Dropout(dropout),
+                                          nn.Linear(inner_size, dim))
+        self.readout = nn.Linear(dim, dim)
+
+    def forward(self, x_t, steps, condition, condition_padding=None):
+        step = self.steps(steps).unsqueeze(1)  # [N, 1, D]
+        keys = self.condition_norm(torch.cat([step, condition], dim=1))  # [N, 1 + Lc, D]
+        if condition_padding is not None:
+            keep_step = torch.zeros_like(condition_padding[:, :1])
+            condition_padding = torch.cat([keep_step, condition_padding], dim=1)
+        hidden = x_t + step
+        attended, _ = self.attention(self.query_norm(hidden), keys, keys, key_padding_mask=condition_padding,
+                                     need_weights=False)
+        hidden = hidden + attended
+        hidden = hidden + self.feed_forward(self.feed_forward_norm(hidden))
+        return self.readout(hidden)  # [N, Lq, D]: predicted noise
+
+
+class ConditionalFeatureDenoiser(nn.Module):
+    """A short conditional DDPM chain over feature vectors (M3BSR's modality and behavior denoising).
+
+    Training: ``loss(x0, condition)`` is DDPM's epsilon loss (Ho et al. Eq. 14) at a uniform step.
+    Use: ``denoise(x, condition)`` reads an *observed* feature ``x`` as the chain's noisiest sample
+    ``x_{T-1}`` and runs the deterministic DDIM sampler down to ``x_0`` (all T steps), so the
+    output is the condition-guided clean estimate of ``x``. ``mask`` ``[N, Lq]`` (True = real)
+    restricts the loss to real tokens.
+    """
+
+    def __init__(self, dim, n_heads, inner_size, n_steps, beta_start, beta_end, dropout=0.0):
+        super().__init__()
+        self.diffusion = GaussianDiffusion(linear_betas(beta_start, beta_end, n_steps))
+        self.denoiser = CrossAttentionDenoiser(dim, n_heads, inner_size, dropout,
+                                               step_scale=DDPM_REFERENCE_STEPS / n_steps)
+
+    @property
+    def n_steps(self):
+        return self.diffusion.n_steps
+
+    def loss(self, x0, condition, condition_padding=None, mask=None):
+        steps = self.diffusion.sample_steps(x0.size(0), x0.device)
+        noise = torch.randn_like(x0)
+        predicted = self.denoiser(self.diffusion.q_sample(x0, steps, noise), steps, condition, condition_padding)
+        error = (predicted - noise).square().mean(dim=-1)  # [N, Lq]
+        if mask is None:
+            return error.mean()
+        mask = mask.to(error.dtype)
+        return (error * mask).sum() / mask.sum().clamp(min=1.0)
+
+    def denoise(self, x, condition, condition_padding=None):
+        def predict_noise(x_t, steps):
+            return self.denoiser(x_t, steps, condition, condition_padding)
+
+        return self.diffusion.ddim_sample(predict_noise, x, skip=1, prediction_type="epsilon")

@@ -87,3 +87,25 @@ class PositionRoutedFFN(nn.Module):
                 output = x.new_zeros(*x.shape[:-1], result.size(-1))
             output[selected] = result
         return output
+
+class BehaviorConditionedRouter(nn.Module):
+    """Softmax weights over ``n_experts`` interest vectors, conditioned on the target behavior (M3BSR).
+
+    Logits are a linear function of ``[summary; behavior embedding]`` (the user's shared interest
+    and the asked behavior, 0 = told nothing, a learned "unknown" row); experts marked
+    unavailable (``available`` False, e.g. a behavior absent from the window) get weight 0. At
+    least one expert of every row must be available (M3BSR's shared experts always are).
+    """
+
+    def __init__(self, dim, n_behaviors, n_experts):
+        super().__init__()
+        self.behavior = nn.Embedding(n_behaviors, dim)
+        self.logits = nn.Linear(2 * dim, n_experts)
+
+    def forward(self, summary, behavior, available=None):
+        logits = self.logits(torch.cat([summary, self.behavior(behavior)], dim=-1))  # [N, E]
+        if available is not None:
+            if not available.any(dim=-1).all():
+                raise ValueError("every row needs at least one available expert")
+            logits = logits.masked_fill(~available, float("-inf"))
+        return torch.softmax(logits, dim=-1)
