@@ -35,6 +35,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 
 from baselines import PredictFromFullSort
 from baselines.bert4rec_mb import check_cloze_config
+from mbrec.layers import bert_init
 from mbrec.layers.behavior_attention import BehaviorSpecificLinear, BehaviorSpecificTransformerEncoder
 from mbrec.layers.cloze import cloze_mask, hide_behaviors, padding_after, slot_mask, slot_output, with_slot
 from mbrec.layers.moe import TaskRoutedMoE
@@ -75,18 +76,10 @@ class MBSTR(PredictFromFullSort, SequentialRecommender):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        """BERT4Rec's init: N(0, initializer_range) weights, zero biases, unit LayerNorm; padding rows zero."""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(0.0, self.initializer_range)
-            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-                module.weight.data[module.padding_idx].zero_()
-        elif isinstance(module, BehaviorSpecificLinear):
+        """BERT4Rec's init; behavior-specific layers draw their per-behavior weights the same way."""
+        bert_init(module, self.initializer_range)
+        if isinstance(module, BehaviorSpecificLinear):
             module.reset_parameters(self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.data.fill_(1.0)
-            module.bias.data.zero_()
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
 
     def forward(self, items, behaviors, padding):
         """``[B, L+1]`` items (``[mask]`` where hidden), behavior ids, padding mask -> ``[B, L+1, H]``."""

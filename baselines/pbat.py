@@ -28,6 +28,7 @@ from torch import nn
 from recbole.model.abstract_recommender import SequentialRecommender
 
 from baselines import PredictFromFullSort
+from mbrec.layers import bert_init
 from mbrec.layers.behavior_attention import BehaviorPairRelativeBias
 from mbrec.layers.cloze import hide_behaviors
 from mbrec.layers.wasserstein import WassersteinEncoderLayer, positive, squared_wasserstein
@@ -71,16 +72,7 @@ class PBAT(PredictFromFullSort, SequentialRecommender):
         self.apply(self._init_weights)
 
     def _init_weights(self, module):
-        """N(0, initializer_range) weights, zero biases, unit LayerNorm; padding rows zero."""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(0.0, self.initializer_range)
-            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-                module.weight.data[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.data.fill_(1.0)
-            module.bias.data.zero_()
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
+        bert_init(module, self.initializer_range)
 
     def personalized_behaviors(self, users, behaviors):
         """PBPG: ``users [B]``, ``behaviors [B, ...]`` -> mean and std-stream ``[B, ..., H]``; zero for id 0."""

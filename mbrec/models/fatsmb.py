@@ -66,6 +66,7 @@ from recbole.utils import InputType
 
 from mbrec.models import PredictFromFullSort, SeededSampling
 from mbrec.benchmark.staged_trainer import StagedTrainer
+from mbrec.layers import bert_init
 from mbrec.layers.attention import TransformerEncoder
 from mbrec.layers.diffusion import GaussianDiffusion, beta_schedule, classifier_free_guidance, timestep_embedding
 from mbrec.layers.modulation import AdaLNModulation, modulate
@@ -245,16 +246,7 @@ class FatsMB(SeededSampling, PredictFromFullSort, SequentialRecommender):
         self.set_stage(self.training_stages[0])
 
     def _init_weights(self, module):
-        """BERT4Rec's init: N(0, initializer_range) weights, zero biases, unit LayerNorm."""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-                module.weight.data[module.padding_idx].zero_()
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.data.fill_(1.0)
-            module.bias.data.zero_()
+        bert_init(module, self.initializer_range)
 
     # ----- stages (Alg. 1) ------------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.layers import TransformerEncoder
 
 from mbrec.data.item_features import CATEGORICAL, load_item_features
+from mbrec.layers import bert_init
 from mbrec.layers.behavior import MultiBehaviorEmbedding
 from mbrec.layers.diffusion import ConditionalFeatureDenoiser
 from mbrec.layers.moe import BehaviorConditionedRouter
@@ -178,13 +179,7 @@ class M3BSR(PredictFromFullSort, SequentialRecommender):
         return torch.tensor([False] + [name in names for name in self.behavior_vocab], dtype=torch.bool)
 
     def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
+        bert_init(module, self.initializer_range)
 
     def train(self, mode=True):
         self._eval_modal_tables = None  # weights may change: the denoised item table is rebuilt
