@@ -309,27 +309,24 @@ class SequenceLoader:
         stop = threading.Event()
         done = object()
 
-        def produce():
-            try:
-                for rows in row_batches:
-                    item = self._gather(rows)
-                    while not stop.is_set():
-                        try:
-                            ready.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-                item = done
-            except BaseException as error:  # handed to the consumer, raised there
-                item = error
+        def offer(item):
+            """Queue ``item`` unless the consumer has stopped (then return False)."""
             while not stop.is_set():
                 try:
                     ready.put(item, timeout=0.1)
-                    return
+                    return True
                 except queue.Full:
                     continue
+            return False
+
+        def produce():
+            try:
+                for rows in row_batches:
+                    if not offer(self._gather(rows)):
+                        return
+                offer(done)
+            except BaseException as error:  # handed to the consumer, raised there
+                offer(error)
 
         worker = threading.Thread(target=produce, name="mbrec-prefetch", daemon=True)
         worker.start()
