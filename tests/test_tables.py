@@ -462,3 +462,16 @@ def test_sanity_baselines_are_the_first_rows_by_default():
     assert build_table(records, metrics=("recall@10",)).baselines == ["Pop", "Recent", "Alpha", "SASRec", "Zeta"]
     chosen = build_table(records, metrics=("recall@10",), models=["SASRec", "Pop"], proposed=["Zeta"])
     assert chosen.baselines == ["SASRec", "Pop"] and chosen.proposed == ["Zeta"]
+
+
+def test_footnote_says_which_runs_were_id_only_and_which_used_modal_features():
+    id_only = make_record("M3BSR", {TASK: [0, 1, 2]}, dataset="retail")
+    id_only["model_notes"] = {"id_only": True, "modalities": []}
+    modal = make_record("M3BSR", {TASK: [0, 1, 2]}, dataset="taobao")
+    modal["model_notes"] = {"id_only": False, "modalities": ["category"]}
+    plain = make_record("SASRec", {TASK: [3, 4, 5]}, dataset="retail")  # records no model notes
+    footnote = " ".join(build_table([id_only, modal, plain], metrics=("recall@10",)).footnote)
+    assert "ID-only (no modal item features, modality denoising off): M3BSR on retail." in footnote
+    assert "Modal item features used: M3BSR on taobao (category)." in footnote
+    assert "SASRec" not in footnote.split("ID-only")[1]
+    assert "ID-only" not in " ".join(build_table([plain], metrics=("recall@10",)).footnote)

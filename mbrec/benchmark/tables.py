@@ -476,12 +476,35 @@ def _footnote(table, records):
             notes[result["note"]].add(record["model"])
     for note, models in sorted(notes.items()):
         lines.append(f"{note[0].upper()}{note[1:]}: {', '.join(sorted(models))}.")
+    lines.extend(_modality_lines(shown))
     if heldout:
         settings = "; ".join(
             f"{dataset}: " + ", ".join("none (no held-out file)" if value is None else str(value)
                                        for value in sorted(values, key=str))
             for dataset, values in sorted(heldout.items()))
         lines.append(f"Held-out test items (heldout setting): {settings}.")
+    return lines
+
+
+def _modality_lines(records):
+    """Which runs used modal item features and which ran ID-only (models that record ``model_notes``)."""
+    id_only, modal = defaultdict(set), defaultdict(set)
+    for record in records:
+        notes = record.get("model_notes")
+        if not isinstance(notes, dict) or "id_only" not in notes:
+            continue
+        if notes["id_only"]:
+            id_only[record["model"]].add(record["dataset"])
+        else:
+            modal[(record["model"], ", ".join(notes.get("modalities") or []))].add(record["dataset"])
+    lines = []
+    if id_only:
+        runs = "; ".join(f"{model} on {', '.join(sorted(datasets))}" for model, datasets in sorted(id_only.items()))
+        lines.append(f"ID-only (no modal item features, modality denoising off): {runs}.")
+    if modal:
+        runs = "; ".join(f"{model} on {', '.join(sorted(datasets))} ({names})"
+                         for (model, names), datasets in sorted(modal.items()))
+        lines.append(f"Modal item features used: {runs}.")
     return lines
 
 
