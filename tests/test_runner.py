@@ -9,6 +9,7 @@ import torch
 from mbrec.benchmark import results as store
 from mbrec.benchmark.runner import main, run
 from mbrec.benchmark.trainer import Trainer
+from mbrec.config import ConfigError
 from mbrec.data.dataset import MultiBehaviorSequentialDataset
 from mbrec.evaluation import Evaluator
 from mbrec.registry import UnknownModelError
@@ -144,3 +145,23 @@ def test_a_failed_run_is_a_marked_hole_with_its_log(tmp_path, capsys):
     diffurec_row = next(line for line in table.splitlines() if line.startswith("| DiffuRec"))
     assert "—" in diffurec_row  # the hole is marked, Pop's numbers are there
     assert any(line.startswith("| Pop") and "0." in line for line in table.splitlines())
+
+
+def test_saved_item_vectors_feed_mbgen_semantic_ids(tmp_path):
+    """A run can export its selected item table; MBGen's SID tokenizer reads it as item_vectors_file."""
+    prefix = tmp_path / "vectors" / "sasrec_items"
+    record = tiny_run(tmp_path, hidden_size=16, inner_size=32, save_item_vectors=str(prefix))
+    vectors = np.load(prefix.with_suffix(".npy"))
+    tokens = prefix.with_suffix(".ids").read_text().split()
+    assert vectors.shape == (51, 16) and len(tokens) == 51  # 50 items + padding row, hidden 16
+    assert np.abs(vectors[1:]).sum() > 0 and len(set(tokens)) == 51
+    again = tiny_run(tmp_path, hidden_size=16, inner_size=32)  # the export does not change the run key
+    assert again["run_key"] == record["run_key"] and again["created"] == record["created"]
+    mbgen = tiny_run(tmp_path / "mbgen", model="MBGen", epochs=1, item_tokenizer="sid",
+                     item_vectors_file=str(prefix.with_suffix(".npy")), item_vectors_ids=str(prefix.with_suffix(".ids")),
+                     sid_codebook_size=4, sid_hidden_sizes=[16], sid_latent_size=4, sid_epochs=5, d_model=16, d_ff=32,
+                     n_heads=2, d_head=8, n_encoder_layers=1, n_decoder_layers=1, behavior_injection_layers=1,
+                     behavior_embedding_size=4, warmup_steps=2, MAX_ITEM_LIST_LENGTH=5)
+    assert mbgen["results"]["behavior_specific"]["n_users"] > 0
+    with pytest.raises(ConfigError, match="no item_embedding table"):
+        tiny_run(tmp_path / "pop", model="Pop", save_item_vectors=str(tmp_path / "pop_items"))

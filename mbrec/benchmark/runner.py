@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -25,7 +26,7 @@ from mbrec.config import ConfigError, build_config, merge_layers, parse_override
 from mbrec.data.dataset import DatasetError, MultiBehaviorSequentialDataset
 from mbrec.data.prepare import LOCATION_KEYS, DataPreparationError, dataset_spec, prepare, read_meta
 from mbrec.evaluation import Evaluator
-from mbrec.utils import REPO_DIR, file_sha256
+from mbrec.utils import REPO_DIR, atomic_path, file_sha256
 
 logger = logging.getLogger("mbrec")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -194,6 +195,8 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    if settings.get("save_item_vectors"):
+        _item_table(network, dataset.item_num)  # refuse before training, not after
     trainer_class = getattr(model_class, "trainer_class", Trainer)
     trainer = trainer_class(config, network, device)
     start = time.perf_counter()
@@ -208,6 +211,8 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
     test_results = Evaluator(config).evaluate(network, test_data, tasks=tasks, device=device)  # the only time
     eval_seconds = time.perf_counter() - start
     sampling_spread = _sampling_spread(network, config, test_data, tasks, device, test_results)
+    if settings.get("save_item_vectors"):
+        save_item_vectors(network, dataset, Path(settings["save_item_vectors"]))
     checkpoint.unlink(missing_ok=True)  # the record is the product; weights are not kept (their hash is)
 
     train_epochs = [entry["train_seconds"] for entry in trainer.history]
@@ -286,6 +291,31 @@ def _sampling_spread(network, config, test_data, tasks, device, test_results):
             logger.info(f"sampling spread {task} {valid_metric} over seeds {seeds}: mean {entry['mean']:.4f} "
                         f"std {entry['std']:.4f} range {entry['range']:.4f}")
     return spread
+
+
+def _item_table(network, n_items):
+    """The model's ``item_embedding`` (one row per item, maybe more); a clear error if it has none."""
+    table = getattr(network, "item_embedding", None)
+    if not isinstance(table, torch.nn.Embedding):
+        raise ConfigError(f"save_item_vectors: {type(network).__name__} has no item_embedding table to save")
+    if table.num_embeddings < n_items:
+        raise ConfigError(f"save_item_vectors: {type(network).__name__}'s item_embedding has "
+                          f"{table.num_embeddings} rows for {n_items} items (not one row per item)")
+    return table
+
+
+def save_item_vectors(network, dataset, prefix):
+    """Write the selected weights' item table as ``prefix.npy`` (``[n_items, d]``, row 0 padding) and
+    ``prefix.ids`` (the item token of each row), the input MBGen's semantic IDs read
+    (``item_vectors_file`` / ``item_vectors_ids``). Rows past ``n_items`` (a [mask] item) are dropped."""
+    vectors = _item_table(network, dataset.item_num).weight.detach()[:dataset.item_num].float().cpu().numpy()
+    tokens = [str(token) for token in dataset.field2id_token[dataset.iid_field]]
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(prefix.with_suffix(".npy")) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, vectors)
+    with atomic_path(prefix.with_suffix(".ids")) as tmp:
+        Path(tmp).write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    logger.info(f"item vectors [{vectors.shape[0]}, {vectors.shape[1]}] -> {prefix.with_suffix('.npy')}")
 
 
 def _test_lock(checkpoint, config, fit_summary):

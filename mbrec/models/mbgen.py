@@ -105,7 +105,10 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
             for layer in range(n_decoder_layers))
         self.encoder_norm, self.decoder_norm = nn.RMSNorm(self.d_model), nn.RMSNorm(self.d_model)
         self.dropout = nn.Dropout(self.dropout_prob)
+        self.tie_embeddings = bool(config["tie_embeddings"])
         self.lm_head = nn.Linear(self.d_model, self.layout.vocab_size, bias=False)
+        if self.tie_embeddings:
+            self.lm_head.weight = self.token_embedding.weight
         self.loss_fct = nn.CrossEntropyLoss(ignore_index=PAD_TOKEN)
 
     def _injects(self, layer):
@@ -173,7 +176,10 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
         for layer, block in enumerate(self.decoder_layers):
             hidden = block(hidden, memory, self_bias, cross_bias, behavior_vectors if self._injects(layer) else None,
                            routes)
-        return self.lm_head(self.decoder_norm(hidden))  # [B, T, vocab]
+        hidden = self.decoder_norm(hidden)
+        if self.tie_embeddings:  # T5: the shared N(0, 1) table reads d_model^-1/2-scaled states
+            hidden = hidden * self.d_model ** -0.5
+        return self.lm_head(hidden)  # [B, T, vocab]
 
     def decoder_behaviors(self, behaviors, length):
         """``[B]`` target behaviors -> ``[B, length]`` injected behaviors: none at BOS, the target after it."""
