@@ -312,3 +312,30 @@ def test_small_mbgen_overfits_a_tiny_dataset(rule_data, tmp_path):
     assert after["behavior_specific"].metrics["recall@1"] > 0.6
     assert after["behavior_specific"].metrics["recall@5"] > 0.9
     assert after["behavior_item"].metrics["recall@5"] > 0.8
+
+
+def test_untold_beam_is_shared_between_next_item_and_behavior_item_until_the_weights_change(rule_data):
+    config, model, _, valid, _ = rule_data(beam_size=4)
+    model.eval()
+    batch = eval_batch(config, valid, behavior_hint=None)
+    calls = []
+    search = model.beam_search
+    model.beam_search = lambda *args, **kwargs: calls.append(1) or search(*args, **kwargs)
+    with torch.no_grad():
+        item_scores = model.full_sort_predict(batch)
+        pair_scores = model.full_sort_predict_behavior_item(batch)
+        assert len(calls) == 1  # the second task reused the first's beam
+        model.beam_search = search
+        fresh = get_model_class("MBGen")(config, valid)
+        fresh.load_state_dict(model.state_dict())
+        fresh.eval()
+        assert torch.equal(fresh.full_sort_predict_behavior_item(batch), pair_scores)  # same as computed afresh
+        assert torch.equal(fresh.full_sort_predict(batch), item_scores)
+        model.full_sort_predict(batch)  # memoised again
+        model.token_embedding.weight.add_(0.5)  # new weights: the memo must not be used
+        model.beam_search = lambda *args, **kwargs: calls.append(1) or search(*args, **kwargs)
+        changed = model.full_sort_predict_behavior_item(batch)
+    assert len(calls) == 2 and not torch.equal(changed, pair_scores)
+    other = eval_batch(config, valid, behavior_hint=None, size=5)  # another batch is not served from the memo
+    with torch.no_grad():
+        assert model.full_sort_predict_behavior_item(other).shape[0] == 5
