@@ -336,6 +336,11 @@ def test_untold_beam_is_shared_between_next_item_and_behavior_item_until_the_wei
         model.beam_search = lambda *args, **kwargs: calls.append(1) or search(*args, **kwargs)
         changed = model.full_sort_predict_behavior_item(batch)
     assert len(calls) == 2 and not torch.equal(changed, pair_scores)
+    with torch.no_grad():
+        model.beam_size = 6  # a new width (benchmarks/mbgen_speed.py --beams): the width-4 memo must not be used
+        wider = model.full_sort_predict_behavior_item(batch)
+    assert len(calls) == 3
+    assert ((wider[:, 1:] > wider[:, 1:].amin(dim=(1, 2), keepdim=True)).flatten(1).sum(1) == 6).all()
     other = eval_batch(config, valid, behavior_hint=None, size=5)  # another batch is not served from the memo
     with torch.no_grad():
         assert model.full_sort_predict_behavior_item(other).shape[0] == 5

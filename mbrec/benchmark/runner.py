@@ -310,7 +310,6 @@ def save_item_vectors(network, dataset, prefix):
     (``item_vectors_file`` / ``item_vectors_ids``). Rows past ``n_items`` (a [mask] item) are dropped."""
     vectors = _item_table(network, dataset.item_num).weight.detach()[:dataset.item_num].float().cpu().numpy()
     tokens = [str(token) for token in dataset.field2id_token[dataset.iid_field]]
-    prefix.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(prefix.with_suffix(".npy")) as tmp, open(tmp, "wb") as handle:
         np.save(handle, vectors)
     with atomic_path(prefix.with_suffix(".ids")) as tmp:

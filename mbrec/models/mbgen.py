@@ -293,10 +293,12 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
 
         ``next_item`` and ``behavior_item`` both need this beam for the same users; the evaluator
         asks for them in two passes, so the second pass reuses the first's beams. The memo is keyed
-        by the batch's inputs and stamped with the parameters' in-place version counters, so any
-        change of weights (an optimizer step, ``load_state_dict``) empties it.
+        by the batch's inputs and stamped with the beam settings and the parameters' in-place
+        version counters, so a change of beam width or of weights (an optimizer step,
+        ``load_state_dict``) empties it.
         """
-        stamp = tuple(parameter._version for parameter in self.parameters())
+        stamp = (self.beam_size, self.behavior_aware_allocation,
+                 tuple(parameter._version for parameter in self.parameters()))
         if stamp != self._beam_memo_stamp:
             self._beam_memo, self._beam_memo_stamp = {}, stamp
         fingerprint = hashlib.sha1()
