@@ -9,7 +9,7 @@ See ``python run_benchmark.py --help`` and README.md.
 
 import sys
 
-from mbrec.benchmark.runner import main
+from mbrec.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,7 +18,7 @@ import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
-from mbrec.benchmark.trainer import NoTrainingTrainer
+from mbrec.training.trainer import NoTrainingTrainer
 from baselines import PredictFromFullSort
 
 

@@ -25,7 +25,7 @@ from mbrec import registry  # noqa: E402
 from mbrec.benchmark.runner import prepare_data, resolve_device  # noqa: E402
 from mbrec.config import build_config, merge_layers, parse_overrides  # noqa: E402
 from mbrec.data.dataset import MultiBehaviorSequentialDataset, SequenceLoader  # noqa: E402
-from mbrec.benchmark.trainer import build_optimizer  # noqa: E402
+from mbrec.training.trainer import build_optimizer  # noqa: E402
 
 
 def synchronize(device):

@@ -3,10 +3,10 @@
 import pytest
 from scipy import stats as scipy_stats
 
-from mbrec.benchmark.compare import compare_main, compare_runs, resolve_run
-from mbrec.benchmark.results import ResultsError
-from mbrec.benchmark.runner import main
-from mbrec.benchmark.stats import adjust_pvalues, per_user_values
+from mbrec.reporting.compare import compare_main, compare_runs, resolve_run
+from mbrec.results import ResultsError
+from mbrec.cli import main
+from mbrec.reporting.stats import adjust_pvalues, per_user_values
 from tests.test_tables import MISS, TASK, make_record, store
 
 TOLERANCE = 1e-9

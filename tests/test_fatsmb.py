@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from mbrec.benchmark.staged_trainer import StagedTrainer
+from mbrec.training.staged_trainer import StagedTrainer
 from mbrec.data.dataset import MultiBehaviorSequentialDataset, SequenceLoader
 from mbrec.evaluation import Evaluator
 from mbrec.layers.attention import MultiHeadSelfAttention

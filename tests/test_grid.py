@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("ray")
 
-from mbrec.benchmark import results as store  # noqa: E402
-from mbrec.benchmark.runner import main  # noqa: E402
+from mbrec import results as store  # noqa: E402
+from mbrec.cli import main  # noqa: E402
 
 TINY = ["prepare.size={n_users: 60, n_items: 50, n_categories: 5}", "epochs=2", "eval_batch_size=64",
         "hidden_size=16", "inner_size=32", "n_layers=1"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mbrec.benchmark.trainer import Trainer
+from mbrec.training.trainer import Trainer
 from mbrec.config import merge_layers
 from mbrec.data import synthetic
 from mbrec.data.dataset import MultiBehaviorSequentialDataset, SequenceLoader

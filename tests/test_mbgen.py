@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mbrec.benchmark.scheduled_trainer import ScheduledTrainer, warmup_cosine_factor
+from mbrec.training.scheduled_trainer import ScheduledTrainer, warmup_cosine_factor
 from mbrec.data.dataset import MultiBehaviorSequentialDataset, SequenceLoader
 from mbrec.data.item_tokenizers import (ChunkedIdTokenizer, SemanticIdTokenizer, TokenLayout, balanced_assignment,
                                         build_item_tokenizer)

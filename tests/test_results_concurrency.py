@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from mbrec.benchmark import results as store
+from mbrec import results as store
 
 N_WRITERS, RECORDS_PER_WRITER, SHARED_PATHS = 6, 8, 3
 N_USERS = 20_000  # per-user vectors make a record ~0.5 MB, so writes take long enough to overlap

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from mbrec.benchmark import results as store
-from mbrec.benchmark.runner import main, run
-from mbrec.benchmark.trainer import Trainer
+from mbrec import results as store
+from mbrec.benchmark.runner import run
+from mbrec.cli import main
+from mbrec.training.trainer import Trainer
 from mbrec.config import ConfigError
 from mbrec.data.dataset import MultiBehaviorSequentialDataset
 from mbrec.evaluation import Evaluator

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from mbrec.benchmark.stats import (
+from mbrec.reporting.stats import (
     AlignmentError, RepeatFlagsMissing, adjust_pvalues, align_users, bootstrap_ci, effect_size, paired_test,
     paired_ttest, paired_user_values, per_user_values, pooled_user_test, pooled_user_ttest, seed_ttest,
     wilcoxon_test,

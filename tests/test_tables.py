@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from mbrec.benchmark.results import record_path, save_record
-from mbrec.benchmark.stats import per_user_values
-from mbrec.benchmark.tables import (
+from mbrec.results import record_path, save_record
+from mbrec.reporting.stats import per_user_values
+from mbrec.reporting.tables import (
     EMPTY, MISSING, MISSING_MARK, NA_MARK, NOT_APPLICABLE, SELECTION_NOTE, UNKNOWN, UNKNOWN_MARK, VALUE, PartCount,
     build_split_tables, build_table, collect_records, efficiency_table, efficiency_to_csv, efficiency_to_markdown,
     repeat_counts, split_repeat_to_markdown, table_main, to_csv, to_latex, to_markdown, write_tables,

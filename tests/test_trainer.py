@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mbrec import registry
-from mbrec.benchmark.trainer import Trainer
+from mbrec.training.trainer import Trainer
 from mbrec.data import dataset as dataset_module
 from mbrec.data.dataset import MultiBehaviorSequentialDataset
 from mbrec.evaluation import Evaluator

@@ -11,7 +11,7 @@ ray = pytest.importorskip("ray")
 
 from ray import tune as ray_tune  # noqa: E402
 
-from mbrec.benchmark import results as store  # noqa: E402
+from mbrec import results as store  # noqa: E402
 from mbrec.benchmark import tune  # noqa: E402
 from mbrec.utils import REPO_DIR  # noqa: E402
 

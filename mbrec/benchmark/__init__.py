@@ -1,1 +1,7 @@
-"""Runner, trainer and results store (tables, statistics and tuning build on these)."""
+"""Planning and running runs: the runner (one run end to end), the Ray grid of runs, Ray Tune
+sweeps and their search spaces.
+
+Imports: mbrec.training, mbrec.evaluation, mbrec.data, mbrec.registry, mbrec.config, mbrec.results.
+Nothing below it (models, baselines, layers, training, data, reporting) imports it; the command
+line (mbrec.cli) does.
+"""

@@ -23,8 +23,8 @@ import math
 import sys
 
 from mbrec import registry
-from mbrec.benchmark import results as store
-from mbrec.benchmark.results import ResultsError
+from mbrec import results as store
+from mbrec.results import ResultsError
 from mbrec.benchmark.runner import LOG_FORMAT, USER_ERRORS, plan_run, run
 
 logger = logging.getLogger("mbrec")

@@ -32,12 +32,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mbrec import registry
-from mbrec.benchmark import results as store
+from mbrec import results as store
 from mbrec.benchmark.runner import LOG_FORMAT, USER_ERRORS, _RunLog, prepare_data, run, setup_run
 from mbrec.benchmark.search_space import (CHOICE, GRID, LOGUNIFORM, QUNIFORM, UNIFORM, Param, SearchSpace,
                                           check_names, default_grid_file, load_search_space, nested,
                                           sweep_defaults, with_ties)
-from mbrec.benchmark.trainer import Trainer
+from mbrec.training.trainer import Trainer
 from mbrec.config import ConfigError, build_config, deep_update, merge_layers, parse_overrides
 from mbrec.utils import REPO_DIR, atomic_path, data_dir, write_json_atomic
 

@@ -23,7 +23,6 @@ Tasks (protocol.md): ``behavior_specific`` (told the target's behavior, all user
 """
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 
@@ -32,9 +31,8 @@ import torch
 from tqdm import tqdm
 
 from mbrec.data.dataset import SequenceLoader
+from mbrec.evaluation.metrics import METRICS, TASKS, metric_vectors, summarize  # noqa: F401
 
-TASKS = ("behavior_specific", "target_behavior", "behavior_item", "next_item")
-METRICS = ("Recall", "NDCG", "MRR")
 logger = logging.getLogger("mbrec")
 # Bytes one scored column costs per user while a batch is ranked: the model's float32 output,
 # its float32 copy (``.float()`` on other dtypes), the masked copy, and the [B, chunk] bool
@@ -150,35 +148,6 @@ def fit_eval_batch_size(configured, n_columns, device, memory_fraction=DEFAULT_E
         f"eval_batch_size={configured} needs ~{configured * per_user / 2**30:.1f} GB to rank {n_columns:,} "
         f"columns per user, but {available / 2**30:.1f} GB are available ({memory_fraction:.0%} may be used); "
         f"set eval_batch_size={fitting} (or lower)")
-
-
-def metric_vectors(ranks, metrics=METRICS, topk=(5, 10, 20)):
-    """Per-user metric values from 0-based ranks (one target per user).
-
-    Recall@K = [rank < K]; NDCG@K = [rank < K] / log2(rank + 2); MRR@K = [rank < K] / (rank + 1).
-    """
-    ranks = np.asarray(ranks, dtype=np.float64)
-    vectors = {}
-    for k in topk:
-        hit = ranks < k
-        for metric in metrics:
-            name = metric.lower()
-            if name in ("recall", "hit"):
-                values = hit.astype(np.float64)
-            elif name == "ndcg":
-                values = np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
-            elif name == "mrr":
-                values = np.where(hit, 1.0 / (ranks + 1.0), 0.0)
-            else:
-                raise ValueError(f"Unsupported metric '{metric}'; use one of {METRICS}")
-            vectors[f"{name}@{k}"] = values
-    return vectors
-
-
-def summarize(ranks, metrics=METRICS, topk=(5, 10, 20)):
-    """Mean of each metric over users (0.0 for an empty user set)."""
-    return {name: float(values.mean()) if len(values) else math.nan
-            for name, values in metric_vectors(ranks, metrics, topk).items()}
 
 
 @dataclass

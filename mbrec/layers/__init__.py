@@ -1,4 +1,7 @@
-"""Building blocks shared by several models (see the README's Architecture section)."""
+"""Building blocks shared by several models (see the README's Architecture section).
+
+Imports: torch and each other only.
+"""
 
 from torch import nn
 

@@ -1,4 +1,8 @@
-"""mbrec's own models, one file per model family."""
+"""mbrec's own models, one file per model family, each readable top to bottom with its equations.
+
+Imports: mbrec.layers (building blocks), mbrec.training (the trainer a model needs), mbrec.data
+(tokenizers, item features), RecBole. Never mbrec.benchmark, mbrec.reporting or mbrec.results.
+"""
 
 import torch
 

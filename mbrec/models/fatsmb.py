@@ -42,7 +42,7 @@ Denoiser (Sec. 3.3), ``denoiser``:
 - ``adaln``: the same without MoE (one ``Linear(d, d)`` in the second block);
 - ``mlp``: ``x + MLP([x ; z_null ; c])`` per layer, all conditions concatenated.
 
-Training (Alg. 1, :class:`mbrec.benchmark.staged_trainer.StagedTrainer`): stage ``mbae`` trains
+Training (Alg. 1, :class:`mbrec.training.staged_trainer.StagedTrainer`): stage ``mbae`` trains
 encoder and decoder on the Cloze task; stage ``diffusion`` trains only the denoiser (and its
 behavior condition embeddings) with encoder and decoder frozen; stage ``finetune`` trains only the
 decoder MLP and item bias on next-item prediction from the generated ``z_0`` (item embeddings are
@@ -65,7 +65,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from mbrec.models import PredictFromFullSort, SeededSampling
-from mbrec.benchmark.staged_trainer import StagedTrainer
+from mbrec.training.staged_trainer import StagedTrainer
 from mbrec.layers import bert_init
 from mbrec.layers.attention import TransformerEncoder
 from mbrec.layers.diffusion import GaussianDiffusion, beta_schedule, classifier_free_guidance, timestep_embedding

@@ -51,7 +51,7 @@ from torch.nn import functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
-from mbrec.benchmark.scheduled_trainer import ScheduledTrainer
+from mbrec.training.scheduled_trainer import ScheduledTrainer
 from mbrec.data.item_tokenizers import BOS_TOKEN, PAD_TOKEN, TokenLayout, build_item_tokenizer
 from mbrec.layers.moe import PositionRoutedFFN
 from mbrec.layers.seq2seq import (DecoderLayer, EncoderLayer, FeedForward, RelativePositionBias, causal_bias,

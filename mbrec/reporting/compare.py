@@ -17,17 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from mbrec.benchmark.results import ResultsError, default_results_dir, load_record
-from mbrec.benchmark.stats import (
+from mbrec.results import ResultsError, default_results_dir, load_record
+from mbrec.reporting.stats import (
     CORRECTION_NAMES, DEFAULT_BOOTSTRAP_RESAMPLES, DEFAULT_BOOTSTRAP_SEED, DEFAULT_CONFIDENCE, DEFAULT_CORRECTION,
     DEFAULT_TEST, MIN_SEEDS_FOR_SEED_TEST, PARTS, TEST_NAMES, AlignmentError, RepeatFlagsMissing, adjust_pvalues,
     effect_size, paired_test, paired_user_values, seed_ttest,
 )
-from mbrec.benchmark.tables import (
+from mbrec.reporting.tables import (
     DEFAULT_METRICS, DISPLAY_DECIMALS, MISSING_MARK, P_VALUE_DIGITS, PERCENT, PERCENT_DECIMALS,
     add_statistics_arguments, collect_records,
 )
-from mbrec.evaluation import TASKS
+from mbrec.evaluation.metrics import TASKS
 
 ALL_USERS = "all"
 # A RUN spec without a file: MODEL/DATASET or MODEL/DATASET/SEED.

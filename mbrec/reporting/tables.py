@@ -29,14 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mbrec.benchmark.results import ResultsError, default_results_dir, load_record
-from mbrec.benchmark.stats import (
+from mbrec.results import ResultsError, default_results_dir, load_record
+from mbrec.reporting.stats import (
     CORRECTION_NAMES, CORRECTIONS, DEFAULT_ALPHA, DEFAULT_BOOTSTRAP_RESAMPLES, DEFAULT_BOOTSTRAP_SEED,
     DEFAULT_CONFIDENCE, DEFAULT_CORRECTION, DEFAULT_TEST, MIN_SEEDS_FOR_SEED_TEST, NEW, PARTS, REPEAT, TEST_NAMES,
     TESTS, AlignmentError, adjust_pvalues, effect_size, paired_test, paired_user_values, per_user_values,
     repeat_flags, seed_ttest,
 )
-from mbrec.evaluation import TASKS
+from mbrec.evaluation.metrics import TASKS
 from mbrec.utils import atomic_path
 
 DEFAULT_TASK = "behavior_specific"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as scipy_stats
 
-from mbrec.evaluation import metric_vectors
+from mbrec.evaluation.metrics import metric_vectors
 
 ALTERNATIVES = ("two-sided", "less", "greater")
 DEFAULT_ALPHA = 0.05
@@ -317,7 +317,7 @@ def align_users(record_a, record_b, task, tolerance=DEFAULT_USER_MISMATCH_TOLERA
     """Pair the per-user ranks of two runs on the users they share, in ``record_a``'s order.
 
     Args:
-        record_a, record_b: results records (see ``mbrec.benchmark.results``).
+        record_a, record_b: results records (see ``mbrec.results``).
         task: e.g. ``"behavior_specific"``.
         tolerance: largest allowed fraction of the union of both user sets that is missing
             from either run (default 0: the sets must be identical).

@@ -12,7 +12,7 @@ import math
 
 from torch.optim.lr_scheduler import LambdaLR
 
-from mbrec.benchmark.trainer import Trainer
+from mbrec.training.trainer import Trainer
 
 
 def warmup_cosine_factor(step, warmup_steps, total_steps, min_ratio):

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from mbrec.benchmark.trainer import Trainer, build_optimizer
+from mbrec.training.trainer import Trainer, build_optimizer
 from mbrec.utils import atomic_path
 
 logger = logging.getLogger("mbrec")
