@@ -21,6 +21,14 @@ Where the paper is not specific, or for the suite's protocol, we chose: the line
 shift in PBPG, a bias table for the behavior relations in BACE, cross-entropy over all items
 (the paper trains on sampled negatives), and the asked behavior added to the query (PBAT predicts
 for one target behavior only).
+
+``training``: ``causal`` (default) trains the causal encoder on the last position's next item, as
+the suite's other causal models. ``cloze`` is how the authors' code trains: BERT-style, the
+attention is bidirectional over the history plus one slot for the interaction to predict
+(:mod:`mbrec.layers.cloze`, as MB-STR); in training the slot holds the target and is always masked,
+history positions are masked with ``mask_ratio``, and every masked position is scored with its own
+behavior shift (hidden with ``behavior_dropout_prob``); at evaluation the slot is ``[mask]`` with
+the asked behavior.
 """
 
 import torch
@@ -30,8 +38,11 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from baselines import PredictFromFullSort
 from mbrec.layers import bert_init
 from mbrec.layers.behavior_attention import BehaviorPairRelativeBias
-from mbrec.layers.cloze import hide_behaviors
+from mbrec.layers.cloze import cloze_mask, hide_behaviors, padding_after, slot_output, with_slot
 from mbrec.layers.wasserstein import WassersteinEncoderLayer, positive, squared_wasserstein
+
+
+TRAININGS = ("causal", "cloze")
 
 
 class PBAT(PredictFromFullSort, SequentialRecommender):
@@ -43,6 +54,14 @@ class PBAT(PredictFromFullSort, SequentialRecommender):
         super().__init__(config, dataset)
         if config["loss_type"] != "CE":
             raise ValueError(f"PBAT supports loss_type: CE only (it ranks all items), got {config['loss_type']}")
+        self.training_mode = config["training"]
+        if self.training_mode not in TRAININGS:
+            raise ValueError(f"PBAT training must be one of {TRAININGS}, got {self.training_mode!r}")
+        self.cloze = self.training_mode == "cloze"
+        if self.cloze and not 0.0 <= float(config["mask_ratio"]) < 1.0:
+            raise ValueError(f"PBAT: mask_ratio must lie in [0, 1), got {config['mask_ratio']}")
+        self.mask_ratio = float(config["mask_ratio"] or 0.0)
+        self.mask_token = self.n_items  # the [mask] item of Cloze training (one row past the items)
         self.hidden_size = config["hidden_size"]
         self.initializer_range = config["initializer_range"]
         self.behavior_dropout_prob = float(config["behavior_dropout_prob"] or 0.0)
@@ -52,12 +71,14 @@ class PBAT(PredictFromFullSort, SequentialRecommender):
         self.n_behaviors = dataset.n_behaviors  # including id 0 = padding / unknown
         hidden, eps = self.hidden_size, config["layer_norm_eps"]
 
-        self.item_mean = nn.Embedding(self.n_items, hidden, padding_idx=0)
-        self.item_std = nn.Embedding(self.n_items, hidden, padding_idx=0)
+        n_item_rows = self.n_items + int(self.cloze)  # + [mask]
+        n_positions = self.max_seq_length + int(self.cloze)  # + the slot after the full window
+        self.item_mean = nn.Embedding(n_item_rows, hidden, padding_idx=0)
+        self.item_std = nn.Embedding(n_item_rows, hidden, padding_idx=0)
         self.behavior_mean = nn.Embedding(self.n_behaviors, hidden, padding_idx=0)
         self.behavior_std = nn.Embedding(self.n_behaviors, hidden, padding_idx=0)
-        self.position_mean = nn.Embedding(self.max_seq_length, hidden)
-        self.position_std = nn.Embedding(self.max_seq_length, hidden)
+        self.position_mean = nn.Embedding(n_positions, hidden)
+        self.position_std = nn.Embedding(n_positions, hidden)
         self.user_embedding = nn.Embedding(dataset.num(self.USER_ID), hidden)
         self.pattern_mean = nn.Linear(2 * hidden, hidden)  # PBPG: user-specific shift of the behavior mean
         self.pattern_std = nn.Linear(2 * hidden, hidden)
@@ -84,39 +105,80 @@ class PBAT(PredictFromFullSort, SequentialRecommender):
         std = std + self.pattern_std(torch.cat([user, std], dim=-1)) * known
         return mean, std
 
-    def forward(self, interaction):
-        """The last position's Gaussian: mean ``[B, H]`` and std stream ``[B, H]`` (before ``ELU + 1``)."""
-        items, behaviors = interaction[self.ITEM_SEQ], interaction[self.BEHAVIOR_SEQ]  # [B, L]
-        lengths = interaction[self.ITEM_SEQ_LEN]
-        length = items.size(1)
-        positions = torch.arange(length, device=items.device)
-        real = positions.unsqueeze(0) < lengths.unsqueeze(1)  # [B, L]
-        items, behaviors = items * real, behaviors * real  # whatever the batch held after the length is padding
-        behavior_mean, behavior_std = self.personalized_behaviors(interaction[self.USER_ID], behaviors)
+    def encode(self, items, behaviors, users, key_mask):
+        """``[B, L']`` items, behaviors, users ``[B]``, ``[B, L', L']`` masked keys -> mean, std ``[B, L', H]``."""
+        positions = torch.arange(items.size(1), device=items.device)
+        behavior_mean, behavior_std = self.personalized_behaviors(users, behaviors)
         mean = self.item_mean(items) + behavior_mean + self.position_mean(positions)
         std = self.item_std(items) + behavior_std + self.position_std(positions)
         mean, std = (self.input_dropout(norm(x)) for norm, x in zip(self.input_norms, (mean, std)))
-        causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
-        key_mask = ~(causal.unsqueeze(0) & real.unsqueeze(1))  # [B, L, L]: future or padding keys
-        relations = self.behavior_relations(behaviors)  # [B, H, L, L]
+        relations = self.behavior_relations(behaviors)  # [B, H, L', L']
         for layer in self.layers:
             mean, std = layer(mean, std, key_mask, relations)
+        return mean, std
+
+    def forward(self, interaction):
+        """Causal: the last position's Gaussian, mean ``[B, H]`` and std stream ``[B, H]`` (before ``ELU + 1``)."""
+        items, behaviors = interaction[self.ITEM_SEQ], interaction[self.BEHAVIOR_SEQ]  # [B, L]
+        lengths = interaction[self.ITEM_SEQ_LEN]
+        length = items.size(1)
+        real = torch.arange(length, device=items.device).unsqueeze(0) < lengths.unsqueeze(1)  # [B, L]
+        items, behaviors = items * real, behaviors * real  # whatever the batch held after the length is padding
+        causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
+        key_mask = ~(causal.unsqueeze(0) & real.unsqueeze(1))  # [B, L, L]: future or padding keys
+        mean, std = self.encode(items, behaviors, interaction[self.USER_ID], key_mask)
         last = torch.arange(items.size(0), device=items.device), lengths - 1
         return mean[last], std[last]
 
+    def cloze_forward(self, items, behaviors, users, lengths):
+        """Bidirectional: ``[B, L+1]`` items (``[mask]`` where hidden) and behaviors -> mean, std ``[B, L+1, H]``."""
+        padding = padding_after(lengths, items.size(1))  # [B, L+1]
+        key_mask = padding.unsqueeze(1).expand(-1, items.size(1), -1)  # [B, L+1, L+1]: padding keys only
+        return self.encode(items, behaviors, users, key_mask)
+
+    def score(self, users, mean, std, asked):
+        """``-W2^2`` between the query shifted by the user's Gaussian of ``asked`` (``[N]``) and every item."""
+        asked_mean, asked_std = self.personalized_behaviors(users, asked)  # zero when unknown
+        query_mean, query_std = mean + asked_mean, positive(std + asked_std)  # [N, H]
+        item_std = positive(self.item_std.weight[:self.n_items])  # [n_items, H]
+        return -squared_wasserstein(query_mean, query_std, self.item_mean.weight[:self.n_items], item_std)
+
+    def asked_behavior(self, interaction):
+        if self.BEHAVIOR in interaction:
+            return interaction[self.BEHAVIOR]
+        return torch.zeros_like(interaction[self.ITEM_SEQ_LEN])  # told nothing
+
     def item_scores(self, interaction):
         mean, std = self.forward(interaction)  # [B, H]
-        asked = interaction[self.BEHAVIOR] if self.BEHAVIOR in interaction else torch.zeros_like(
-            interaction[self.ITEM_SEQ_LEN])
+        asked = self.asked_behavior(interaction)
         if self.training:
             asked = hide_behaviors(asked, torch.ones_like(asked, dtype=torch.bool), self.behavior_dropout_prob)
-        asked_mean, asked_std = self.personalized_behaviors(interaction[self.USER_ID], asked)  # zero when unknown
-        query_mean, query_std = mean + asked_mean, positive(std + asked_std)  # [B, H]
-        item_std = positive(self.item_std.weight)  # [n_items, H]
-        return -squared_wasserstein(query_mean, query_std, self.item_mean.weight, item_std)  # [B, n_items]
+        return self.score(interaction[self.USER_ID], mean, std, asked)  # [B, n_items]
+
+    def cloze_loss(self, interaction):
+        """The authors' training: every masked position (the slot always) predicts its item."""
+        lengths, users = interaction[self.ITEM_SEQ_LEN], interaction[self.USER_ID]
+        items = with_slot(interaction[self.ITEM_SEQ], lengths, interaction[self.POS_ITEM_ID])  # [B, L+1]
+        behaviors = with_slot(interaction[self.BEHAVIOR_SEQ], lengths, interaction[self.BEHAVIOR])
+        masked = cloze_mask(padding_after(lengths, items.size(1)), lengths, self.mask_ratio)
+        labels = items[masked]  # [M]
+        behaviors = hide_behaviors(behaviors, masked, self.behavior_dropout_prob)
+        mean, std = self.cloze_forward(items.masked_fill(masked, self.mask_token), behaviors, users, lengths)
+        rows = users.unsqueeze(1).expand_as(items)[masked]  # [M]: whose position each is
+        scores = self.score(rows, mean[masked], std[masked], behaviors[masked])  # [M, n_items]
+        return nn.functional.cross_entropy(scores, labels)
 
     def calculate_loss(self, interaction):
+        if self.cloze:
+            return self.cloze_loss(interaction)
         return nn.functional.cross_entropy(self.item_scores(interaction), interaction[self.POS_ITEM_ID])
 
     def full_sort_predict(self, interaction):
-        return self.item_scores(interaction)  # [B, n_items]
+        if not self.cloze:
+            return self.item_scores(interaction)  # [B, n_items]
+        lengths, users, asked = interaction[self.ITEM_SEQ_LEN], interaction[self.USER_ID], self.asked_behavior(
+            interaction)
+        items = with_slot(interaction[self.ITEM_SEQ], lengths, self.mask_token)
+        behaviors = with_slot(interaction[self.BEHAVIOR_SEQ], lengths, asked)
+        mean, std = self.cloze_forward(items, behaviors, users, lengths)
+        return self.score(users, slot_output(mean, lengths), slot_output(std, lengths), asked)  # [B, n_items]

@@ -212,7 +212,8 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
     sampling_spread = _sampling_spread(network, config, test_data, tasks, device, test_results)
     if settings.get("save_item_vectors"):
         save_item_vectors(network, dataset, Path(settings["save_item_vectors"]))
-    checkpoint.unlink(missing_ok=True)  # the record is the product; weights are not kept (their hash is)
+    if not settings.get("keep_checkpoint"):
+        checkpoint.unlink(missing_ok=True)  # the record is the product; weights are not kept (their hash is)
 
     train_epochs = [entry["train_seconds"] for entry in trainer.history]
     record = {
@@ -232,6 +233,8 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
         "training": fit_summary | {"history": trainer.history},
         "model_notes": getattr(network, "run_notes", None),  # what the model ran with (e.g. M3BSR: ID-only)
         "test_lock": test_lock,
+        # kept (keep_checkpoint=True) for probes that re-score the selected weights without retraining
+        "checkpoint": str(checkpoint) if settings.get("keep_checkpoint") else None,
         "sampling_spread": sampling_spread,
         "efficiency": {
             "parameters": n_parameters,
