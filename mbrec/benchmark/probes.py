@@ -93,6 +93,7 @@ def replaced_xt(network, replacement, seed=0):
     if not hasattr(network, "approximate_x0"):
         raise ProbeError(f"{type(network).__name__} has no diffusion approximator (approximate_x0)")
     original = network.approximate_x0
+    overridden = "approximate_x0" in vars(network)  # an instance's own override is put back, not dropped
     generators = {}
 
     def substitute(history, padding_mask, x_t, *args, **kwargs):
@@ -107,7 +108,10 @@ def replaced_xt(network, replacement, seed=0):
     try:
         yield network
     finally:
-        del network.approximate_x0  # back to the class's method
+        if overridden:
+            network.approximate_x0 = original
+        else:
+            del network.approximate_x0  # back to the class's method
 
 
 def relative_change(reference, changed):
