@@ -97,7 +97,7 @@ Modules
     (categories, popularity, latent factors, content vectors), ``interactions`` (users,
     sessions, the funnel: the rows) and ``ijcai15`` (the rows written as IJCAI-15's raw log).
     This package re-exports their public API; every module of it is part of the synthetic
-    dataset's cache fingerprint (:mod:`mbrec.data.prepare`).
+    dataset's cache fingerprint (:mod:`mbrec.data.readers.synthetic`).
 
 Imports: numpy and pandas only.
 """
