@@ -45,7 +45,8 @@ def test_a_kept_fatsmb_reloads_to_its_record_and_guidance_changes_only_its_score
     assert torch.equal(scores[0.0, "minus"], scores[0.0, "plus"])  # w = 0: conditional only, sign irrelevant
     assert not torch.allclose(scores[1.0, "minus"], scores[1.0, "plus"])
     assert not torch.allclose(scores[1.0, "minus"], scores[0.0, "minus"])
-    assert (trained.network.guidance_weight, trained.network.guidance_sign) == (1.0, "minus")  # restored
+    own = float(record["config"]["guidance_weight"]), record["config"]["guidance_sign"]
+    assert (trained.network.guidance_weight, trained.network.guidance_sign) == own  # restored
 
 
 def test_replaced_xt_feeds_the_approximator_the_replacement_only(tmp_path):
