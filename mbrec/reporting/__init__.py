@@ -1,6 +1,6 @@
 """What stored records say: statistics (``stats``), comparison tables (``tables``) and run-vs-run
 comparisons (``compare``).
 
-Imports: mbrec.results (the records), mbrec.evaluation.metrics (numpy metrics), mbrec.utils, and
-each other. Never a dataset, a model, a trainer or the runner, so tables rebuild from records alone.
+Imports: mbrec.results (the records), mbrec.protocol (protocol fingerprints), mbrec.evaluation.metrics
+(numpy metrics), mbrec.utils, and each other. Never a dataset, a model, a trainer or the runner, so tables rebuild from records alone.
 """
