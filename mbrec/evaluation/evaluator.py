@@ -5,7 +5,8 @@ A model only supplies scores (``full_sort_predict`` -> ``[B, n_items]``; optiona
 padding). Everything else happens here, identically for every model:
 
 * the padding item (id 0) and padding behavior can never be recommended;
-* with ``mask_history`` the items of the input window are removed from the ranking;
+* with ``mask_history`` the items of the input window (the ``MAX_ITEM_LIST_LENGTH`` rows before
+  the target) are removed from the ranking; items the user met only before the window are not;
 * ties are broken pessimistically: an item whose score equals the target's counts as ranked
   above it, so a model that outputs constant scores gets no hits;
 * scale: users are scored in batches and each batch's ranks are computed on the device in
