@@ -78,3 +78,31 @@ def test_compare_reports_user_errors_without_traceback(tmp_path, capsys):
     assert "share no test users" in capsys.readouterr().err
     with pytest.raises(ResultsError):
         resolve_run("Z/ds", tmp_path)
+
+
+def _with_protocol(record, **changes):
+    """``record`` carrying a recorded protocol (the runner's), with ``changes`` to its settings."""
+    from mbrec.protocol import protocol_fingerprint, protocol_of
+
+    settings = {"eval_tasks": [TASK], "topk": [5, 10, 20], "valid_task": TASK, "valid_metric": "ndcg@10",
+                **changes}
+    record["protocol"] = protocol_of(record["dataset"], "inter-sha256:abc", record["heldout"], settings)
+    record["protocol_fingerprint"] = protocol_fingerprint(record["protocol"])
+    return record
+
+
+def test_runs_under_different_protocols_are_refused_naming_the_keys(tmp_path, capsys):
+    (record_a,), (record_b,) = _records()
+    _with_protocol(record_a)
+    _with_protocol(record_b, mask_history=True)
+    from mbrec.protocol import ProtocolMismatch
+    with pytest.raises(ProtocolMismatch, match=r"mask_history: False vs True"):
+        compare_runs({0: record_a}, {0: record_b})
+    store(tmp_path, record_a)
+    store(tmp_path, record_b)
+    assert compare_main(["A/ds", "B/ds", "--results-dir", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert "different protocols" in error and "mask_history: False vs True" in error
+    _with_protocol(record_b)  # same protocol: compared, and the header names it
+    assert compare_runs({0: record_a}, {0: record_b})[0]
+
