@@ -93,8 +93,8 @@ def resolve_run(spec, results_dir=None, protocol=None):
     if len(by_protocol) > 1:
         (first, first_records), *others = sorted(by_protocol.items())
         reference = record_protocol(first_records[0])[0]
-        lines = [f"{fingerprint} differs from {first} in {describe_differences(reference, record_protocol(group[0])[0])}"
-                 for fingerprint, group in others]
+        lines = [f"{fingerprint} differs from {first} in "
+                 f"{describe_differences(reference, record_protocol(group[0])[0])}" for fingerprint, group in others]
         raise ResultsError(f"RUN '{spec}' has stored records under {len(by_protocol)} protocols "
                            f"({', '.join(sorted(by_protocol))}); name one with --protocol FINGERPRINT:\n  "
                            + "\n  ".join(lines))
