@@ -106,3 +106,15 @@ def test_runs_under_different_protocols_are_refused_naming_the_keys(tmp_path, ca
     _with_protocol(record_b)  # same protocol: compared, and the header names it
     assert compare_runs({0: record_a}, {0: record_b})[0]
 
+
+
+def test_a_spec_with_records_under_two_protocols_needs_one_named(tmp_path, capsys):
+    (record_a,), _ = _records()
+    masked = _with_protocol(make_record("A", {TASK: RANKS_A}, created="2024-06-01T00:00:00+00:00"),
+                            mask_history=True)
+    store(tmp_path, _with_protocol(record_a))
+    store(tmp_path, masked)
+    with pytest.raises(ResultsError, match=r"(?s)2 protocols .* mask_history: False vs True"):
+        resolve_run("A/ds", tmp_path)
+    runs = resolve_run("A/ds", tmp_path, protocol=masked["protocol_fingerprint"][:6])
+    assert runs[0]["run_key"] == masked["run_key"]
