@@ -425,7 +425,14 @@ def test_split_repeat_tables_values_counts_and_unknown_records():
     assert cell(tables["repeat"], "Old").status == UNKNOWN and cell(tables["new"], "Old").status == UNKNOWN
     # the tests run on each part's users only: 2 repeat pairs, 3 new pairs
     assert cell(tables["repeat"], "Copy").user_test.n == 2 and cell(tables["new"], "Explore").user_test.n == 3
-    assert tables["repeat"].family_size == tables["new"].family_size == 2  # one family over both parts
+    # Each part has one side hitting every user and the other none: a constant difference, which
+    # gets no p-value (zero variance), so no comparison enters the family.
+    assert tables["repeat"].family_size == tables["new"].family_size == 0
+    assert cell(tables["repeat"], "Copy").user_test.reason.startswith("n/a: zero variance")
+    varied = build_split_tables([make_record("Copy", {TASK: [0, 1, MISS, MISS, 0]}, repeat=SPLIT_FLAGS),
+                                 make_record("Explore", {TASK: [MISS, 1, 0, 2, 3]}, repeat=SPLIT_FLAGS)],
+                                metrics=("recall@10",))
+    assert varied["repeat"].family_size == varied["new"].family_size == 2  # one family over both parts
     counts = repeat_counts(records, TASK)
     assert counts[("Copy", "ds")] == {0: PartCount(2, 3)} and not counts[("Old", "ds")][0].known
     markdown = split_repeat_to_markdown(tables, counts)
