@@ -108,5 +108,5 @@ def test_compare_prints_why_a_comparison_has_no_p_value(tmp_path, capsys):
                          "--metrics", "recall@10"]) == 0
     output = capsys.readouterr().out
     row = next(line for line in output.splitlines() if line.startswith(f"| {TASK} | recall@10"))
-    assert row.count("n/a: zero variance (every user differs by +1)") == 2  # over users, and across seeds
+    assert row.count("n/a: zero variance (every difference is +1)") == 2  # over users, and across seeds
     assert "n = users (seed-averaged)" in output and "across-seed paired t-test" in output

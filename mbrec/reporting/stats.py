@@ -59,7 +59,7 @@ DEFAULT_MIN_USERS = MIN_PAIRS_FOR_TTEST
 CONSTANT_DIFFERENCE_TOLERANCE = 1e-12
 # Why a paired test gave no p-value (or p = 1 without computing anything); shown in the cell.
 TOO_FEW_USERS = "n/a: {n} user(s), fewer than {minimum}"
-ZERO_VARIANCE = "n/a: zero variance (every user differs by {difference:+.4g})"
+ZERO_VARIANCE = "n/a: zero variance (every difference is {difference:+.4g})"
 NO_DIFFERENCE = "no difference: every user scores the same under both"
 # Largest fraction of the union of two runs' test users that may be missing from either run
 # before the runs are declared incomparable. 0 = the user sets must be identical.
