@@ -13,12 +13,13 @@ DEFAULT_FILES = {}
 
 
 def raw_sources():
-    """The generator module's source file stands in for raw data: editing it invalidates caches."""
+    """The generator package's source files stand in for raw data: editing any of them invalidates caches."""
     try:
         from mbrec.data import synthetic
     except ImportError as exc:
         raise DataPreparationError(f"The synthetic generator mbrec.data.synthetic is unavailable: {exc}")
-    return {"generator": Path(synthetic.__file__).resolve()}
+    package_dir = Path(synthetic.__file__).resolve().parent
+    return {f"generator/{path.name}": path for path in sorted(package_dir.glob("*.py"))}
 
 
 def read_synthetic(files, options):
