@@ -235,7 +235,8 @@ def compare_main(argv=None):
         runs_a = resolve_run(args.run_a, args.results_dir)
         runs_b = resolve_run(args.run_b, args.results_dir)
         rows, notes = compare_runs(runs_a, runs_b, args.tasks, args.metrics, args.test, args.correction,
-                                   args.split_repeat, args.confidence, args.bootstrap_resamples, args.bootstrap_seed)
+                                   args.split_repeat, args.confidence, args.bootstrap_resamples, args.bootstrap_seed,
+                                   args.min_users)
     except (ResultsError, AlignmentError, ValueError) as error:
         print(f"compare: {error}", file=sys.stderr)
         return 1

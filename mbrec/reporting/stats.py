@@ -419,39 +419,6 @@ def per_user_values(ranks, metric):
     return metric_vectors(ranks, metrics=(name,), topk=(cutoff,))[f"{name}@{cutoff}"]
 
 
-def paired_user_values(records_a_by_seed, records_b_by_seed, task, metric, part=None,
-                       tolerance=DEFAULT_USER_MISMATCH_TOLERANCE):
-    """Per-user ``metric`` values of two models, paired (same seed, same user), pooled over common seeds.
-
-    The old rule, too generous with several seeds (issue 18); still called by ``tables`` until its
-    split lands there, then removed. New code uses ``mbrec.reporting.evidence``.
-
-    Args:
-        records_a_by_seed, records_b_by_seed: ``{seed: record}`` of the two models.
-        part: None (all users), ``"repeat"`` or ``"new"`` (see :meth:`AlignedRanks.part_mask`).
-
-    Returns:
-        ``(values_a, values_b)`` numpy vectors, or None when the models share no seed.
-
-    Raises:
-        AlignmentError: see :func:`align_users`; RepeatFlagsMissing when ``part`` is asked of a
-        record without repeat flags.
-    """
-    common_seeds = sorted(set(records_a_by_seed) & set(records_b_by_seed))
-    if not common_seeds:
-        return None
-    values_a, values_b = [], []
-    for seed in common_seeds:
-        aligned = align_users(records_a_by_seed[seed], records_b_by_seed[seed], task, tolerance)
-        ranks_a, ranks_b = aligned.ranks_a, aligned.ranks_b
-        if part is not None:
-            mask = aligned.part_mask(part)
-            ranks_a, ranks_b = ranks_a[mask], ranks_b[mask]
-        values_a.append(per_user_values(ranks_a, metric))
-        values_b.append(per_user_values(ranks_b, metric))
-    return np.concatenate(values_a), np.concatenate(values_b)
-
-
 def seed_ttest(values_a_by_seed, values_b_by_seed, alternative="two-sided", min_seeds=MIN_SEEDS_FOR_SEED_TEST):
     """Paired t-test across seeds: ``{seed: value}`` of two models, paired by seed.
 
