@@ -4,7 +4,9 @@ warnings about too few seeds."""
 
 from collections import defaultdict
 
-from mbrec.reporting.stats import CORRECTION_NAMES, MIN_SEEDS_FOR_SEED_TEST, NEW, REPEAT, TEST_NAMES
+from mbrec.reporting.evidence import SEED_TEST_RULE, UNTESTED_RULE, user_level_description
+from mbrec.reporting.protocols import protocol_lines, repeated_test_line, target_share_lines
+from mbrec.reporting.stats import CORRECTION_NAMES, MIN_SEEDS_FOR_SEED_TEST, NEW, REPEAT
 from mbrec.reporting.tables.marks import (
     DAGGER_MARK, EMPTY_MARK, IMPROVE_LABEL, MISSING_MARK, NA_MARK, STAR_MARK, UNKNOWN_MARK, VALUE,
 )
@@ -25,10 +27,9 @@ def _significance_lines(table):
                       f"{correction}-corrected over the {table.seed_family_size} across-seed tests shown")
     return [
         f"{STAR_MARK}: the sole best model beats the runner-up with p < {table.alpha:g} in a "
-        f"{TEST_NAMES[table.test]} on per-user values; pairs are (same seed, same test user), pooled over the "
-        f"seeds both models ran; {corrected}.",
-        f"{DAGGER_MARK}: the same holds for the across-seed paired t-test (paired by seed; only with at "
-        f"least {MIN_SEEDS_FOR_SEED_TEST} common seeds; {seed_corrected}).",
+        f"{user_level_description(table.test)}; {corrected}; {UNTESTED_RULE}.",
+        f"{DAGGER_MARK}: the same holds for the {SEED_TEST_RULE} ({seed_corrected}), a separate result "
+        f"from {STAR_MARK}.",
     ]
 
 
@@ -55,6 +56,9 @@ def _footnote(table, records):
     in_table = set(table.datasets)
     shown = [record for record in records if record["dataset"] in in_table and record["model"] in table.models]
     lines.append(_selection_line(shown))
+    lines.extend(repeated_test_line(shown))
+    lines.extend(protocol_lines(shown))
+    lines.extend(target_share_lines(shown, table.task))
     notes = defaultdict(set)
     heldout = {}
     for record in shown:
@@ -65,6 +69,8 @@ def _footnote(table, records):
     for note, models in sorted(notes.items()):
         lines.append(f"{note[0].upper()}{note[1:]}: {', '.join(sorted(models))}.")
     lines.extend(_modality_lines(shown))
+    lines.extend(f"Record choice: {choice}." for choice in sorted({record["record_choice"] for record in shown
+                                                                   if record.get("record_choice")}))
     if heldout:
         settings = "; ".join(
             f"{dataset}: " + ", ".join("none (no held-out file)" if value is None else str(value)
@@ -102,7 +108,8 @@ def _selection_line(records):
                        for lock in (record.get("test_lock") for record in records) if lock})
     line = (f"{SELECTION_NOTE}: each run's checkpoint was chosen by its valid score"
             f"{' (' + ', '.join(criteria) + ')' if criteria else ''} and test was run once, on that checkpoint "
-            f"(its sha256 and valid score are in the record).")
+            f"(its sha256 and valid score are in the record)"
+            f"{' (once per sampling seed where stated below)' if repeated_test_line(records) else ''}.")
     unlocked = sorted(f"{record['model']}/{record['dataset']}/seed {record['seed']}" for record in records
                       if not record.get("test_lock"))
     if unlocked:
