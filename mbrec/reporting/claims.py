@@ -134,7 +134,7 @@ def claims_to_markdown(results, alpha=DEFAULT_ALPHA, test=DEFAULT_TEST, correcti
         lines.append(f"| {claim.claim} | {claim.paper} | {result.dataset} | {claim.task}, {claim.metric} | "
                      f"{result.verdict} | {_number(result.mean_difference, signed=True)} | {ci} | {relative} | "
                      f"{_p(result.p_adjusted)} | {len(result.seeds) or '—'} |")
-    tested = sum(result.verdict != NOT_RUN for result in results)
+    tested = sum(not math.isnan(result.pvalue) for result in results)  # the family Holm counts
     lines += ["", f"Difference: mean per-user (claimed winner - claimed loser), pairs = (same seed, same test user) "
                   f"pooled over the seeds both entries ran; 95% percentile bootstrap CI over users. Test: {test}, "
                   f"{correction} correction over the {tested} tested (claim, dataset) pairs; confirmed / contradicted "
