@@ -1,8 +1,8 @@
 """The command line: ``run_benchmark.py`` parses here and dispatches to one subcommand.
 
 Subcommands: runs (default; one machine or a Ray grid), ``table`` and ``compare`` (reporting,
-no training), ``tune`` (Ray Tune sweeps), ``suite`` (a suite's sweeps and runs). This is the only module that imports both the
-benchmark package (runner, grid, tune) and reporting; neither imports it.
+no training), ``tune`` (Ray Tune sweeps), ``suite`` (a suite's sweeps and runs). This is the only
+module that imports both the benchmark package (runner, grid, tune) and reporting; neither imports it.
 """
 
 import argparse

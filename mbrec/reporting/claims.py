@@ -65,7 +65,8 @@ def load_claims(path=CLAIMS_FILE):
             raise SuiteError(f"{path}: every claim needs paper, claim, better and worse; got {item!r}")
         unknown = sorted(set(item) - CLAIM_KEYS)
         if unknown:
-            raise SuiteError(f"{path}: claim {item['claim']!r} has unknown key(s) {unknown}; valid: {sorted(CLAIM_KEYS)}")
+            raise SuiteError(f"{path}: claim {item['claim']!r} has unknown key(s) {unknown}; "
+                             f"valid: {sorted(CLAIM_KEYS)}")
         claims.append(Claim(**{key: str(value).lower() if key == "metric" else str(value)
                                for key, value in item.items()}))
     return claims
@@ -124,7 +125,8 @@ def _p(value):
 
 def claims_to_markdown(results, alpha=DEFAULT_ALPHA, test=DEFAULT_TEST, correction=DEFAULT_CORRECTION):
     """The claims table (one row per claim and dataset) with its footnote."""
-    lines = ["| Claim | Paper | Dataset | Task, metric | Verdict | Difference | 95% CI | Relative | p (corrected) | Seeds |",
+    lines = ["| Claim | Paper | Dataset | Task, metric | Verdict | Difference | 95% CI | Relative | p (corrected) "
+             "| Seeds |",
              "|---|---|---|---|---|---:|---|---:|---:|---:|"]
     for result in results:
         claim = result.claim
