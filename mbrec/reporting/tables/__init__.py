@@ -16,10 +16,12 @@ Marking rule (documented in every table's footnote): values are compared as disp
 rounded to ``decimals`` places, so a reader never sees equal numbers with different marks.
 Every model with the highest displayed value is bold; every model with the next distinct
 displayed value is underlined. A star is given only to a sole best model, and only when it
-beats every runner-up (underlined model) with p < alpha in the paired t-test on per-user
-values (pairs = same seed and same test user, pooled over the seeds both models ran), with a
-positive mean difference. A dagger does the same with the across-seed t-test (paired by seed),
-which is only run when both models share at least ``MIN_SEEDS_FOR_SEED_TEST`` seeds.
+beats every runner-up (underlined model) with p < alpha in the paired test over users (each
+user's value averaged over the seeds both models ran, n = users: ``mbrec.reporting.evidence``,
+the rule ``compare`` uses too), with a positive mean difference. A dagger does the same with
+the across-seed t-test on per-seed means (paired by seed), a separate result, which is only run
+when both models share at least ``MIN_SEEDS_FOR_SEED_TEST`` seeds. A comparison that cannot be
+tested (too few users, zero variance of the differences) gets no mark and says why.
 
 This package re-exports the public names below, so ``from mbrec.reporting.tables import X``
 is the one import the command line, ``compare`` and the tests need.

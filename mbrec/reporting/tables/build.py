@@ -12,9 +12,10 @@ import numpy as np
 
 from mbrec.reporting.stats import (
     CORRECTIONS, DEFAULT_ALPHA, DEFAULT_BOOTSTRAP_RESAMPLES, DEFAULT_BOOTSTRAP_SEED, DEFAULT_CONFIDENCE,
-    DEFAULT_CORRECTION, DEFAULT_TEST, PARTS, REPEAT, TESTS, AlignmentError, adjust_pvalues, effect_size,
-    paired_test, paired_user_values, per_user_values, repeat_flags, seed_ttest,
+    DEFAULT_CORRECTION, DEFAULT_MIN_USERS, DEFAULT_TEST, PARTS, REPEAT, TESTS, AlignmentError, adjust_pvalues,
+    per_user_values, repeat_flags, seed_ttest,
 )
+from mbrec.reporting.evidence import pair_evidence
 from mbrec.reporting.tables.footnotes import _footnote, _seed_warnings, _significance_lines
 from mbrec.reporting.tables.marks import (
     BASELINE_GROUP, DAGGER_MARK, DEFAULT_METRICS, DEFAULT_TASK, DISPLAY_DECIMALS, EMPTY, MISSING, NOT_APPLICABLE,
@@ -63,10 +64,10 @@ class Cell:
 class Comparison:
     """One tested pair of a table: the sole best model vs one runner-up in one column.
 
-    ``user_test`` is on per-user values (pairs = same seed, same user, pooled over common
-    seeds), ``effect`` the mean paired difference with its bootstrap CI on the same pairs,
-    ``seed_test`` the paired-by-seed t-test (None with too few common seeds). The ``*_adjusted``
-    p-values are set by :func:`apply_correction` over the whole family.
+    ``user_test`` is over users (each user's value averaged over the common seeds, n = users),
+    ``effect`` the mean difference over those users with a bootstrap CI resampling users,
+    ``seed_test`` the across-seed t-test on per-seed means (None with too few common seeds).
+    The ``*_adjusted`` p-values are set by :func:`apply_correction` over the whole family.
     """
 
     dataset: str
@@ -195,6 +196,7 @@ class _Settings:
     confidence: float = DEFAULT_CONFIDENCE
     n_resamples: int = DEFAULT_BOOTSTRAP_RESAMPLES
     bootstrap_seed: int = DEFAULT_BOOTSTRAP_SEED
+    min_users: int = DEFAULT_MIN_USERS
 
 
 def _mark_column(table, runs_by_model, seed_values, dataset, metric, problems, settings):
@@ -218,19 +220,22 @@ def _mark_column(table, runs_by_model, seed_values, dataset, metric, problems, s
         return  # tied best: nobody beats anybody; a lone model: nothing to test against
     best = best_models[0]
     for runner_up in second_models:
-        user_test, effect = None, None
+        user_test, effect, seed_test = None, None, None
         try:
-            values = paired_user_values(_runs_with_result(runs_by_model[best], table.task, table.part),
-                                        _runs_with_result(runs_by_model[runner_up], table.task, table.part),
-                                        table.task, metric, part=table.part)
-            if values is not None:
-                user_test = paired_test(*values, test=settings.test)
-                effect = effect_size(*values, confidence=settings.confidence, n_resamples=settings.n_resamples,
-                                     seed=settings.bootstrap_seed)
+            evidence = pair_evidence(
+                _runs_with_result(runs_by_model[best], table.task, table.part),
+                _runs_with_result(runs_by_model[runner_up], table.task, table.part), table.task, metric,
+                part=table.part, test=settings.test, min_users=settings.min_users, confidence=settings.confidence,
+                n_resamples=settings.n_resamples, bootstrap_seed=settings.bootstrap_seed)
+            if evidence is not None:
+                user_test, effect, seed_test = evidence.user_test, evidence.effect, evidence.seed_test
         except AlignmentError as error:
             problems.append(f"no significance test for {best} vs {runner_up} on {dataset} {metric}: {error}")
-        table.comparisons.append(Comparison(dataset, metric, best, runner_up, user_test, effect,
-                                            seed_ttest(seed_values[best], seed_values[runner_up]), table.part))
+        if user_test is None:
+            # users cannot be paired: the across-seed test still has each run's own seed means
+            seed_test = seed_ttest(seed_values[best], seed_values[runner_up])
+        table.comparisons.append(Comparison(dataset, metric, best, runner_up, user_test, effect, seed_test,
+                                            table.part))
 
 
 def _adjusted(pvalues, correction):
@@ -311,7 +316,8 @@ def _default_row_order(model):
 def build_table(records, task=DEFAULT_TASK, metrics=DEFAULT_METRICS, proposed=(), alpha=DEFAULT_ALPHA,
                 show_std=False, models=None, datasets=None, decimals=DISPLAY_DECIMALS, test=DEFAULT_TEST,
                 correction=DEFAULT_CORRECTION, part=None, confidence=DEFAULT_CONFIDENCE,
-                n_resamples=DEFAULT_BOOTSTRAP_RESAMPLES, bootstrap_seed=DEFAULT_BOOTSTRAP_SEED, correct=True):
+                n_resamples=DEFAULT_BOOTSTRAP_RESAMPLES, bootstrap_seed=DEFAULT_BOOTSTRAP_SEED, correct=True,
+                min_users=DEFAULT_MIN_USERS):
     """Build the main result table of ``task`` from run records.
 
     Args:
@@ -332,6 +338,7 @@ def build_table(records, task=DEFAULT_TASK, metrics=DEFAULT_METRICS, proposed=()
         part: None (all test users), ``"repeat"`` or ``"new"`` (users whose target item is /
             is not in the input window).
         confidence, n_resamples, bootstrap_seed: the effect sizes' bootstrap.
+        min_users: fewer users than this in a comparison give no p-value (and no star).
         correct: apply the correction now; False when several tables form one family (the
             caller then runs :func:`apply_correction` on all of them).
 
@@ -358,7 +365,7 @@ def build_table(records, task=DEFAULT_TASK, metrics=DEFAULT_METRICS, proposed=()
     table = ResultTable(task=task, metrics=metrics, datasets=datasets, baselines=baselines, proposed=proposed,
                         cells={}, improve={}, alpha=alpha, show_std=show_std, decimals=decimals, footnote=[],
                         problems=problems, test=test, correction=correction, part=part)
-    settings = _Settings(test, confidence, n_resamples, bootstrap_seed)
+    settings = _Settings(test, confidence, n_resamples, bootstrap_seed, min_users)
     for dataset in datasets:
         runs_by_model = {model: runs_by_model_dataset.get((model, dataset), {}) for model in table.models}
         for metric in metrics:

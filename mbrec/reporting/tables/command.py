@@ -8,7 +8,7 @@ from pathlib import Path
 from mbrec.results import default_results_dir
 from mbrec.reporting.stats import (
     CORRECTIONS, DEFAULT_ALPHA, DEFAULT_BOOTSTRAP_RESAMPLES, DEFAULT_BOOTSTRAP_SEED, DEFAULT_CONFIDENCE,
-    DEFAULT_CORRECTION, DEFAULT_TEST, TESTS,
+    DEFAULT_CORRECTION, DEFAULT_MIN_USERS, DEFAULT_TEST, TESTS,
 )
 from mbrec.reporting.tables.build import build_table
 from mbrec.reporting.tables.efficiency import write_efficiency
@@ -29,12 +29,16 @@ def add_statistics_arguments(parser):
     parser.add_argument("--bootstrap-resamples", type=int, default=DEFAULT_BOOTSTRAP_RESAMPLES,
                         help="bootstrap resamples of the users")
     parser.add_argument("--bootstrap-seed", type=int, default=DEFAULT_BOOTSTRAP_SEED, help="seed of the bootstrap")
+    parser.add_argument("--min-users", type=int, default=DEFAULT_MIN_USERS,
+                        help="fewer users than this in a comparison: no p-value, no mark (default: 2, the least "
+                             "a paired test needs)")
 
 
 def statistics_options(args):
     """:func:`build_table` keyword arguments from :func:`add_statistics_arguments` options."""
     return {"test": args.test, "correction": args.correction, "confidence": args.confidence,
-            "n_resamples": args.bootstrap_resamples, "bootstrap_seed": args.bootstrap_seed}
+            "n_resamples": args.bootstrap_resamples, "bootstrap_seed": args.bootstrap_seed,
+            "min_users": args.min_users}
 
 
 def build_table_parser():

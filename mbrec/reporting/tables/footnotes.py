@@ -4,7 +4,8 @@ warnings about too few seeds."""
 
 from collections import defaultdict
 
-from mbrec.reporting.stats import CORRECTION_NAMES, MIN_SEEDS_FOR_SEED_TEST, NEW, REPEAT, TEST_NAMES
+from mbrec.reporting.evidence import SEED_TEST_RULE, UNTESTED_RULE, user_level_description
+from mbrec.reporting.stats import CORRECTION_NAMES, MIN_SEEDS_FOR_SEED_TEST, NEW, REPEAT
 from mbrec.reporting.tables.marks import (
     CAP_MARK, DAGGER_MARK, EMPTY_MARK, IMPROVE_LABEL, MISSING_MARK, NA_MARK, STAR_MARK, UNKNOWN_MARK, VALUE,
 )
@@ -25,10 +26,9 @@ def _significance_lines(table):
                       f"{correction}-corrected over the {table.seed_family_size} across-seed tests shown")
     return [
         f"{STAR_MARK}: the sole best model beats the runner-up with p < {table.alpha:g} in a "
-        f"{TEST_NAMES[table.test]} on per-user values; pairs are (same seed, same test user), pooled over the "
-        f"seeds both models ran; {corrected}.",
-        f"{DAGGER_MARK}: the same holds for the across-seed paired t-test (paired by seed; only with at "
-        f"least {MIN_SEEDS_FOR_SEED_TEST} common seeds; {seed_corrected}).",
+        f"{user_level_description(table.test)}; {corrected}; {UNTESTED_RULE}.",
+        f"{DAGGER_MARK}: the same holds for the {SEED_TEST_RULE} ({seed_corrected}), a separate result "
+        f"from {STAR_MARK}.",
     ]
 
 

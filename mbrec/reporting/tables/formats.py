@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mbrec.results import default_results_dir
-from mbrec.reporting.stats import CORRECTION_NAMES, DEFAULT_CONFIDENCE, TEST_NAMES
+from mbrec.reporting.evidence import BOOTSTRAP_RULE, user_level_description
+from mbrec.reporting.stats import CORRECTION_NAMES, DEFAULT_CONFIDENCE, p_value_text
 from mbrec.reporting.tables.marks import (
     BASELINE_GROUP, CAP_MARK, EMPTY_MARK, GROUP_HEADINGS, IMPROVE_GROUP, IMPROVE_LABEL, MISSING, MISSING_MARK, NA_MARK,
     NOT_APPLICABLE, EMPTY, P_VALUE_DIGITS, PERCENT, PERCENT_DECIMALS, PROPOSED_GROUP, STAR_MARK, UNKNOWN,
@@ -134,10 +135,11 @@ def comparisons_to_markdown(table):
                       DEFAULT_CONFIDENCE)
     correction = CORRECTION_NAMES[table.correction]
     header = ["Dataset", "Metric", "Best", "Runner-up", "Difference", f"{confidence:.0%} CI", "Relative",
-              "p", f"p ({correction})", "Pairs"]
+              "p", f"p ({correction})", "Users", "p (seeds)"]
     lines = [f"Effect sizes of the tested comparisons: mean paired difference (best - runner-up) over "
-             f"(seed, user) pairs, {confidence:.0%} percentile bootstrap CI resampling those pairs; relative = "
-             f"difference / runner-up mean; {TEST_NAMES[table.test]}.", "",
+             f"users, {confidence:.0%} {BOOTSTRAP_RULE}; relative = "
+             f"difference / runner-up mean; p: {user_level_description(table.test)}; p (seeds): the "
+             f"across-seed t-test on per-seed means (n = shared seeds), uncorrected here.", "",
              _markdown_row(header), _markdown_row(["---"] * 4 + ["---:"] * (len(header) - 4))]
     for comparison in table.comparisons:
         effect, test = comparison.effect, comparison.user_test
@@ -148,8 +150,8 @@ def comparisons_to_markdown(table):
              if effect else MISSING_MARK),
             (f"{effect.relative * PERCENT:+.{PERCENT_DECIMALS}f}%" if effect and effect.relative is not None
              else MISSING_MARK),
-            _p_text(test.pvalue if test else None), _p_text(comparison.user_p_adjusted),
-            str(test.n) if test else MISSING_MARK,
+            p_value_text(test, P_VALUE_DIGITS) or MISSING_MARK, _p_text(comparison.user_p_adjusted),
+            str(test.n) if test else MISSING_MARK, p_value_text(comparison.seed_test, P_VALUE_DIGITS) or MISSING_MARK,
         ]))
     return "\n".join(lines)
 
@@ -187,7 +189,8 @@ def to_latex(table):
 
 CSV_FIELDS = ("group", "model", "dataset", "metric", "status", "mean", "std", "n_seeds", "seeds", "mark", "capped",
               "star", "seed_star", "compared_with", "p_user", "p_seed", "part", "test", "correction",
-              "p_user_adjusted", "p_seed_adjusted", "difference", "ci_low", "ci_high", "relative", "n_pairs")
+              "p_user_adjusted", "p_seed_adjusted", "difference", "ci_low", "ci_high", "relative", "n_users",
+              "p_user_note", "p_seed_note")
 
 
 def _number(value):
@@ -200,7 +203,8 @@ def to_csv(table):
     ``status`` is value/na/missing; ``mark`` is best/second; ``star`` / ``seed_star`` are 1/0;
     ``p_user`` / ``p_seed`` are the best cell's raw test p-values against ``compared_with``,
     ``p_*_adjusted`` the corrected ones; ``difference`` [``ci_low``, ``ci_high``] and
-    ``relative`` the effect size over ``n_pairs`` (seed, user) pairs; ``part`` is empty (all
+    ``relative`` the effect size over ``n_users`` users (each averaged over the common seeds);
+    ``p_*_note`` says why a test has no p-value (or p = 1 for identical values); ``part`` is empty (all
     users), repeat or new. Improve lines hold the percentage in ``mean``. Numbers are unrounded.
     """
     buffer = io.StringIO()
@@ -225,7 +229,9 @@ def to_csv(table):
                 "ci_low": _number(cell.effect.ci_low if cell.effect else None),
                 "ci_high": _number(cell.effect.ci_high if cell.effect else None),
                 "relative": _number(cell.effect.relative if cell.effect else None),
-                "n_pairs": cell.user_test.n if cell.user_test else "",
+                "n_users": cell.user_test.n if cell.user_test else "",
+                "p_user_note": cell.user_test.reason if cell.user_test else "",
+                "p_seed_note": cell.seed_test.reason if cell.seed_test else "",
             })
     if table.has_improve:
         for dataset, metric in table.columns:
