@@ -120,7 +120,7 @@ def test_claims_confirmed_contradicted_not_significant_and_not_run():
     assert [result.verdict for result in results] == [CONFIRMED, CONTRADICTED, NOT_SIGNIFICANT, NOT_RUN]
     confirmed = results[0]
     assert confirmed.mean_difference == pytest.approx((120 - 40) / N_USERS)  # recall-like: hit 1, miss 0 at NDCG
-    assert confirmed.ci_low > 0 and confirmed.seeds == (1, 2, 3) and confirmed.n_pairs == 3 * N_USERS
+    assert confirmed.ci_low > 0 and confirmed.seeds == (1, 2, 3) and confirmed.n_users == N_USERS  # n = users
     assert confirmed.p_adjusted >= confirmed.pvalue  # Holm over the tested pairs
     text = claims_to_markdown(results)
     assert "Strong > Absent" in text and NOT_RUN in text and "holm correction over the 3 tested" in text

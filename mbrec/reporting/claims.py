@@ -2,21 +2,23 @@
 
 Each claim is an ordering a paper reports ("FatsMB > MB-STR"), naming two suite entries, the
 task and the metric it is about. On every dataset of the suite where both entries ran, the
-claim is tested with the user-level paired test of the tables (pairs = same seed, same user,
-pooled over the common seeds) and an effect size (mean difference, bootstrap CI); the p-values
-of all (claim, dataset) tests of one report are corrected together (Holm by default). Verdict:
+claim is tested with the tables' user-level rule (:func:`mbrec.reporting.evidence.pair_evidence`:
+each test user's value averaged over the seeds both entries ran, paired test over users) and an
+effect size (mean difference over users, bootstrap CI resampling users); the p-values of all
+(claim, dataset) tests of one report are corrected together (Holm by default). Verdict:
 
 - ``confirmed``: corrected p < alpha and the claimed winner is ahead;
 - ``contradicted``: corrected p < alpha and the claimed winner is behind;
-- ``not significant``: corrected p >= alpha (or the test is undefined, e.g. identical values);
+- ``not significant``: corrected p >= alpha, or no p-value (too few users, zero variance: ``problem`` says);
 - ``not run``: one of the two entries has no run on that dataset (or they share no seed).
 """
 
 import math
 from dataclasses import dataclass
 
-from mbrec.reporting.stats import (DEFAULT_ALPHA, DEFAULT_CORRECTION, DEFAULT_TEST, AlignmentError, adjust_pvalues,
-                                   effect_size, paired_user_values, paired_test)
+from mbrec.reporting.evidence import BOOTSTRAP_RULE, USER_LEVEL_RULE, pair_evidence
+from mbrec.reporting.stats import (DEFAULT_ALPHA, DEFAULT_CORRECTION, DEFAULT_TEST, TEST_NAMES, AlignmentError,
+                                   adjust_pvalues)
 from mbrec.suites import CLAIMS_FILE, SuiteError
 from mbrec.utils import read_yaml
 
@@ -42,14 +44,14 @@ class ClaimResult:
     claim: Claim
     dataset: str
     verdict: str
-    mean_difference: float = math.nan  # better - worse, per user, pooled over common seeds
+    mean_difference: float = math.nan  # better - worse, per user (each user's value averaged over shared seeds)
     ci_low: float = math.nan
     ci_high: float = math.nan
     relative: float = None
     pvalue: float = math.nan
     p_adjusted: float = math.nan
     seeds: tuple = ()
-    n_pairs: int = 0
+    n_users: int = 0
     problem: str = None
 
 
@@ -92,16 +94,15 @@ def evaluate_claims(claims, records, datasets, alpha=DEFAULT_ALPHA, test=DEFAULT
             if not result.seeds:
                 continue
             try:
-                values = paired_user_values(better, worse, claim.task, claim.metric)
+                evidence = pair_evidence(better, worse, claim.task, claim.metric, test=test)
             except (AlignmentError, KeyError, TypeError) as error:  # e.g. a task one entry cannot do
                 result.problem = str(error)
                 continue
-            if values is None or not len(values[0]):
+            if evidence is None or not len(evidence.values.users):
                 continue
-            outcome = paired_test(*values, test=test)
-            effect = effect_size(*values)
+            outcome, effect = evidence.user_test, evidence.effect
             result.verdict = NOT_SIGNIFICANT
-            result.pvalue, result.n_pairs = outcome.pvalue, outcome.n
+            result.pvalue, result.n_users, result.problem = outcome.pvalue, outcome.n, outcome.reason or None
             result.mean_difference, result.ci_low, result.ci_high = (effect.mean_difference, effect.ci_low,
                                                                      effect.ci_high)
             result.relative = effect.relative
@@ -137,10 +138,9 @@ def claims_to_markdown(results, alpha=DEFAULT_ALPHA, test=DEFAULT_TEST, correcti
                      f"{result.verdict} | {_number(result.mean_difference, signed=True)} | {ci} | {relative} | "
                      f"{_p(result.p_adjusted)} | {len(result.seeds) or '—'} |")
     tested = sum(not math.isnan(result.pvalue) for result in results)  # the family Holm counts
-    lines += ["", f"Difference: mean per-user (claimed winner - claimed loser), pairs = (same seed, same test user) "
-                  f"pooled over the seeds both entries ran; 95% percentile bootstrap CI over users. Test: {test}, "
-                  f"{correction} correction over the {tested} tested (claim, dataset) pairs; confirmed / contradicted "
-                  f"need corrected p < {alpha}."]
+    lines += ["", f"Difference: mean over test users of (claimed winner - claimed loser), 95% CI by {BOOTSTRAP_RULE}. "
+                  f"Test: {TEST_NAMES[test]} {USER_LEVEL_RULE}; {correction} correction over the {tested} tested "
+                  f"(claim, dataset) pairs; confirmed / contradicted need corrected p < {alpha}."]
     problems = [f"{result.claim.claim} on {result.dataset}: {result.problem}" for result in results if result.problem]
-    lines += [f"- not tested: {problem}" for problem in problems]
+    lines += [f"- no p-value: {problem}" for problem in problems]
     return "\n".join(lines) + "\n"
