@@ -39,6 +39,16 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def time_eval_batch(model, batch, device):
+    """Seconds of one ``full_sort_predict`` (the evaluator's scoring call) on ``batch``."""
+    synchronize(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.full_sort_predict(batch)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
 def build_for_timing(model_name, dataset, overrides, device):
     """``(config, train split, test split, model on device)`` of one run's settings."""
     settings = merge_layers(model_name, dataset, overrides=overrides)
@@ -76,13 +86,7 @@ def time_model(model_name, dataset, overrides, device, n_batches, precision="fp3
 
     model.eval()
     eval_loader = iter(SequenceLoader(config, test, config["eval_batch_size"], shuffle=False, training=False))
-    batch = next(eval_loader).to(device)
-    synchronize(device)
-    start = time.perf_counter()
-    with torch.no_grad():
-        model.full_sort_predict(batch)
-    synchronize(device)
-    eval_batch = time.perf_counter() - start
+    eval_batch = time_eval_batch(model, next(eval_loader).to(device), device)
     n_train_batches = -(-len(train.target_rows) // config["train_batch_size"])
     n_eval_batches = -(-len(test.target_rows) // config["eval_batch_size"])
     return {

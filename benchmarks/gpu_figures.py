@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from benchmarks.diffusion_speed import build_for_timing, synchronize, time_model  # noqa: E402
+from benchmarks.diffusion_speed import build_for_timing, time_eval_batch, time_model  # noqa: E402
 from benchmarks.eval_speed import IJCAI_ITEMS, measure_full_ranking  # noqa: E402
 from mbrec.benchmark.runner import resolve_device  # noqa: E402
 
@@ -85,12 +85,7 @@ def beam_figures(overrides, device):
         model.beam_size = width
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        synchronize(device)
-        start = time.perf_counter()
-        with torch.no_grad():
-            model.full_sort_predict(batch)
-        synchronize(device)
-        seconds = time.perf_counter() - start
+        seconds = time_eval_batch(model, batch, device)
         rows.append({"beam_size": width, "eval_s_per_batch": seconds, "eval_s_per_split": seconds * n_batches,
                      "batch_users": len(batch), "split_users": len(test.target_rows),
                      "peak_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None})
