@@ -22,7 +22,8 @@ of the batch. Evaluation is RecBole's: ``[mask]`` appended after the history, fi
 from torch.nn import functional as F
 from recbole.model.sequential_recommender.bert4rec import BERT4Rec as RecBoleBERT4Rec
 
-from mbrec.layers.cloze import SEQUENCE_UNIT, sequence_cloze_mask, train_unit
+from mbrec.data.dataset import train_unit
+from mbrec.layers.cloze import sequence_cloze_mask
 
 
 class BERT4Rec(RecBoleBERT4Rec):
@@ -35,11 +36,11 @@ class BERT4Rec(RecBoleBERT4Rec):
         super().__init__(config, dataset)
         self.train_unit = train_unit(config)
         self.last_item_prob = float(config["ft_ratio"] or 0.0)
-        if self.train_unit == SEQUENCE_UNIT and self.loss_type != "CE":
+        if self.train_unit == "sequence" and self.loss_type != "CE":
             raise ValueError(f"BERT4Rec with train_unit: sequence supports loss_type: CE only, got {self.loss_type}")
 
     def calculate_loss(self, interaction):
-        if self.train_unit != SEQUENCE_UNIT:
+        if self.train_unit != "sequence":
             return super().calculate_loss(interaction)
         items, lengths = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]  # [B, L], [B]
         masked = sequence_cloze_mask(lengths, items.size(1), self.mask_ratio, self.last_item_prob)

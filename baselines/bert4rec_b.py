@@ -19,8 +19,8 @@ from recbole.model.sequential_recommender.bert4rec import BERT4Rec
 from baselines import PredictFromFullSort
 from baselines.bert4rec_mb import check_cloze_config
 from baselines.sasrec_b import PairTokens
-from mbrec.layers.cloze import (SEQUENCE_UNIT, cloze_mask, padding_after, sequence_cloze_mask, slot_output,
-                                train_unit, with_slot)
+from mbrec.data.dataset import train_unit
+from mbrec.layers.cloze import cloze_mask, padding_after, sequence_cloze_mask, slot_output, with_slot
 
 
 class BERT4Rec_B(PairTokens, PredictFromFullSort, BERT4Rec):
@@ -56,7 +56,7 @@ class BERT4Rec_B(PairTokens, PredictFromFullSort, BERT4Rec):
         return self.pair_scores(slot_output(hidden, lengths))  # [B, n_pairs]
 
     def calculate_loss(self, interaction):
-        if self.train_unit == SEQUENCE_UNIT:
+        if self.train_unit == "sequence":
             return self.sequence_loss(interaction)
         lengths = interaction[self.ITEM_SEQ_LEN]
         pairs = self.pair_ids(interaction[self.ITEM_SEQ], interaction[self.BEHAVIOR_SEQ])  # [B, L]

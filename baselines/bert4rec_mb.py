@@ -27,8 +27,9 @@ from recbole.model.sequential_recommender.bert4rec import BERT4Rec
 
 from baselines import PredictFromFullSort
 from mbrec.layers.behavior import MultiBehaviorEmbedding
-from mbrec.layers.cloze import (SEQUENCE_UNIT, cloze_mask, hide_behaviors, padding_after, sequence_cloze_mask,
-                                slot_mask, slot_output, train_unit, with_slot)
+from mbrec.data.dataset import train_unit
+from mbrec.layers.cloze import (cloze_mask, hide_behaviors, padding_after, sequence_cloze_mask, slot_mask, slot_output,
+                                with_slot)
 
 
 def check_cloze_config(model_name, config):
@@ -77,7 +78,7 @@ class BERT4Rec_MB(PredictFromFullSort, BERT4Rec):
         return hidden @ self.item_embedding.weight[:self.n_items].T + self.output_bias
 
     def calculate_loss(self, interaction):
-        if self.train_unit == SEQUENCE_UNIT:
+        if self.train_unit == "sequence":
             return self.sequence_loss(interaction)
         lengths = interaction[self.ITEM_SEQ_LEN]
         items = with_slot(interaction[self.ITEM_SEQ], lengths, interaction[self.POS_ITEM_ID])  # [B, L+1]

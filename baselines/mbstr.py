@@ -40,8 +40,9 @@ from baselines import PredictFromFullSort
 from baselines.bert4rec_mb import check_cloze_config
 from mbrec.layers import bert_init
 from mbrec.layers.behavior_attention import BehaviorSpecificLinear, BehaviorSpecificTransformerEncoder
-from mbrec.layers.cloze import (SEQUENCE_UNIT, cloze_mask, hide_behaviors, padding_after, real_positions,
-                                sequence_cloze_mask, slot_output, train_unit, with_slot)
+from mbrec.data.dataset import train_unit
+from mbrec.layers.cloze import (cloze_mask, hide_behaviors, padding_after, real_positions, sequence_cloze_mask,
+                                slot_output, with_slot)
 from mbrec.layers.moe import TaskRoutedMoE
 
 
@@ -101,7 +102,7 @@ class MBSTR(PredictFromFullSort, SequentialRecommender):
         return query @ self.item_embedding.weight[:self.n_items].T + self.item_bias
 
     def calculate_loss(self, interaction):
-        if self.train_unit == SEQUENCE_UNIT:
+        if self.train_unit == "sequence":
             return self.sequence_loss(interaction)
         lengths = interaction[self.ITEM_SEQ_LEN]
         items = with_slot(interaction[self.ITEM_SEQ], lengths, interaction[self.POS_ITEM_ID])  # [B, L+1]

@@ -1,13 +1,15 @@
 """Cloze training on whole user windows (``train_unit: sequence``): masks, per-model losses, FatsMB stages."""
 
+import numpy as np
 import pytest
 import torch
 from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
-from mbrec.data.dataset import MultiBehaviorSequentialDataset
+from mbrec.data.dataset import MultiBehaviorSequentialDataset, SequenceLoader, WindowLoader
 from mbrec.layers.cloze import real_positions, sequence_cloze_mask
 from mbrec.registry import get_model_class
+from mbrec.training.trainer import Trainer
 from tests.conftest import make_config, write_inter
 from tests.test_fatsmb import TINY_FATSMB
 from tests.test_mb_baselines import TINY, cycle_rows
@@ -151,3 +153,41 @@ def test_fatsmb_sequence_stages_use_each_positions_behavior(cloze_model, stage):
     handle.remove()
     real = real_positions(batch["item_length"], 16)
     assert torch.equal(conditions[0], batch["behavior_list"][real])
+
+
+# ----- end to end: the trainer's window loader ----------------------------------------------------------
+
+def train_recall_at_1(model, config, train):
+    """Share of users whose last training item the evaluation query (history + slot, told the behavior) ranks first.
+
+    The last training row: every window ends there, so sequence mode trains that query whenever it
+    masks the window's end (a prefix query with a short history and nothing after it is never seen).
+    """
+    rows = train.target_rows
+    users = train.row_arrays[train.uid_field][rows]
+    last_rows = rows[np.append(users[1:] != users[:-1], True)]
+    queries = next(iter(SequenceLoader(config, train, len(last_rows), training=False, behavior_hint="true",
+                                       target_rows=last_rows)))
+    targets = torch.as_tensor(train.target_items(last_rows))
+    model.eval()
+    with torch.no_grad():
+        return (model.full_sort_predict(queries).argmax(dim=1) == targets).float().mean().item()
+
+
+@pytest.mark.parametrize("model", ["FatsMB", "BERT4Rec_MB"])
+def test_a_tiny_model_overfits_a_tiny_dataset_in_sequence_mode(tmp_path, model):
+    tiny = TINY_FATSMB if model == "FatsMB" else TINY
+    config = make_config(model, write_inter(tmp_path, "cycle", cycle_rows()),
+                         **{**tiny, "train_unit": "sequence", "hidden_size": 32, "inner_size": 64,
+                            "learning_rate": 0.01, "train_batch_size": 16})
+    init_seed(2024, True)
+    train, _, _ = MultiBehaviorSequentialDataset(config).build()
+    network = get_model_class(model)(config, train)
+    trainer = Trainer(config, network, torch.device("cpu"))  # its optimizer; the stage-1 parameters for FatsMB
+    loader = trainer.train_loader(train)
+    assert isinstance(loader, WindowLoader) and len(loader) == 3  # 40 users, one window each, 16 a batch
+    before = train_recall_at_1(network, config, train)
+    losses = [trainer._train_epoch(loader, epoch) for epoch in range(60)]
+    after = train_recall_at_1(network, config, train)
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    assert before < 0.2 and after > 0.6

@@ -20,13 +20,6 @@ that probability, into a sample whose only masked position is its last real one 
 
 import torch
 
-PREFIX_UNIT, SEQUENCE_UNIT = "prefix", "sequence"
-
-
-def train_unit(config):
-    """The configured training unit; a model whose YAML declares none trains on prefixes."""
-    return config["train_unit"] or PREFIX_UNIT
-
 
 def with_slot(sequence, lengths, slot_value):
     """``[B, L]`` left-aligned sequence -> ``[B, L+1]`` with ``slot_value`` (``[B]`` or int) at position ``n``.

@@ -75,7 +75,8 @@ from recbole.utils import InputType
 from mbrec.models import PredictFromFullSort, SeededSampling
 from mbrec.training.staged_trainer import StagedTrainer
 from mbrec.layers import bert_init
-from mbrec.layers.cloze import SEQUENCE_UNIT, real_positions, sequence_cloze_mask, train_unit
+from mbrec.data.dataset import train_unit
+from mbrec.layers.cloze import real_positions, sequence_cloze_mask
 from mbrec.layers.attention import TransformerEncoder
 from mbrec.layers.diffusion import GaussianDiffusion, beta_schedule, classifier_free_guidance, timestep_embedding
 from mbrec.layers.modulation import AdaLNModulation, modulate
@@ -424,7 +425,7 @@ class FatsMB(SeededSampling, PredictFromFullSort, SequentialRecommender):
     # ----- RecBole model contract ---------------------------------------------------------------
 
     def calculate_loss(self, interaction):
-        if self.train_unit == SEQUENCE_UNIT:
+        if self.train_unit == "sequence":
             losses = {"mbae": self.sequence_mbae_loss, "diffusion": self.sequence_diffusion_loss,
                       "finetune": self.sequence_finetune_loss}
         else:
