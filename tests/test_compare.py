@@ -78,3 +78,35 @@ def test_compare_reports_user_errors_without_traceback(tmp_path, capsys):
     assert "share no test users" in capsys.readouterr().err
     with pytest.raises(ResultsError):
         resolve_run("Z/ds", tmp_path)
+
+
+def _deterministic_records(seeds):
+    """Pop / Recent style: the same per-user ranks under every seed."""
+    return ({seed: make_record("A", {TASK: RANKS_A}, seed=seed) for seed in seeds},
+            {seed: make_record("B", {TASK: RANKS_B}, seed=seed) for seed in seeds})
+
+
+def test_rerunning_deterministic_models_under_more_seeds_changes_no_p_value():
+    one, _ = compare_runs(*_deterministic_records([1]), tasks=[TASK], metrics=("recall@10", "ndcg@10"))
+    five, _ = compare_runs(*_deterministic_records([1, 2, 3, 4, 5]), tasks=[TASK], metrics=("recall@10", "ndcg@10"))
+    for row_one, row_five in zip(one, five):
+        assert row_five.n_users == row_one.n_users == len(RANKS_A) and row_five.n_seeds == 5
+        assert row_five.test.pvalue == pytest.approx(row_one.test.pvalue, rel=1e-9)
+        assert row_five.p_adjusted == pytest.approx(row_one.p_adjusted, rel=1e-9)
+        assert (row_five.effect.ci_low, row_five.effect.ci_high) == pytest.approx(
+            (row_one.effect.ci_low, row_one.effect.ci_high))
+        # the same difference under every seed: the across-seed test has nothing to estimate
+        assert row_five.seed_test.n == 5 and "zero variance" in row_five.seed_test.reason
+
+
+def test_compare_prints_why_a_comparison_has_no_p_value(tmp_path, capsys):
+    # A beats B by exactly one hit for every user under every seed: a constant difference.
+    for seed in (1, 2, 3):
+        store(tmp_path, make_record("A", {TASK: [0, 0, 0, 0]}, seed=seed, users=["w", "x", "y", "z"]))
+        store(tmp_path, make_record("B", {TASK: [MISS] * 4}, seed=seed, users=["w", "x", "y", "z"]))
+    assert compare_main(["A/ds", "B/ds", "--results-dir", str(tmp_path), "--tasks", TASK,
+                         "--metrics", "recall@10"]) == 0
+    output = capsys.readouterr().out
+    row = next(line for line in output.splitlines() if line.startswith(f"| {TASK} | recall@10"))
+    assert row.count("n/a: zero variance (every difference is +1)") == 2  # over users, and across seeds
+    assert "n = users (seed-averaged)" in output and "across-seed paired t-test" in output

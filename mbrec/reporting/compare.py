@@ -3,10 +3,11 @@
 A RUN is a results record (``results/runs/<dataset>/<model>/*.json``) or ``MODEL/DATASET``
 or ``MODEL/DATASET/SEED`` looked up in the results store (without a seed: every stored seed).
 For each task both runs have and each metric it prints both values, the mean paired
-difference with its bootstrap confidence interval, the relative change, the raw and the
-corrected p-value of the paired per-user test and the number of users. The correction's
-family is every row printed. With several seeds on both sides, the per-user pairs are pooled
-over the common seeds and the across-seed mean, std and paired-by-seed t-test are added.
+difference with its bootstrap confidence interval (resampling users), the relative change,
+the raw and the corrected p-value of the paired test over users and the number of users. The
+correction's family is every row printed. With several seeds on both sides, each user's value
+is averaged over the common seeds before the test (``mbrec.reporting.evidence``: the same rule
+as the tables), and the across-seed mean, std and paired-by-seed t-test are added apart.
 """
 
 import argparse
@@ -18,10 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from mbrec.results import ResultsError, default_results_dir, load_record
+from mbrec.reporting.evidence import BOOTSTRAP_RULE, SEED_TEST_RULE, UNTESTED_RULE, pair_evidence, user_level_description
 from mbrec.reporting.stats import (
     CORRECTION_NAMES, DEFAULT_BOOTSTRAP_RESAMPLES, DEFAULT_BOOTSTRAP_SEED, DEFAULT_CONFIDENCE, DEFAULT_CORRECTION,
-    DEFAULT_TEST, MIN_SEEDS_FOR_SEED_TEST, PARTS, TEST_NAMES, AlignmentError, RepeatFlagsMissing, adjust_pvalues,
-    effect_size, paired_test, paired_user_values, seed_ttest,
+    DEFAULT_MIN_USERS, DEFAULT_TEST, MIN_SEEDS_FOR_SEED_TEST, PARTS, AlignmentError, RepeatFlagsMissing,
+    adjust_pvalues, p_value_text,
 )
 from mbrec.reporting.tables import (
     DEFAULT_METRICS, DISPLAY_DECIMALS, MISSING_MARK, P_VALUE_DIGITS, PERCENT, PERCENT_DECIMALS,
@@ -45,7 +47,7 @@ class CompareRow:
     mean_b: float
     test: object
     effect: object
-    n_users: int  # users per seed (pairs / common seeds)
+    n_users: int  # users tested (each averaged over the common seeds)
     n_seeds: int
     seed_values_a: list
     seed_values_b: list
@@ -99,7 +101,8 @@ def _shared_tasks(runs_a, runs_b):
 
 def compare_runs(runs_a, runs_b, tasks=None, metrics=DEFAULT_METRICS, test=DEFAULT_TEST,
                  correction=DEFAULT_CORRECTION, split_repeat=False, confidence=DEFAULT_CONFIDENCE,
-                 n_resamples=DEFAULT_BOOTSTRAP_RESAMPLES, bootstrap_seed=DEFAULT_BOOTSTRAP_SEED):
+                 n_resamples=DEFAULT_BOOTSTRAP_RESAMPLES, bootstrap_seed=DEFAULT_BOOTSTRAP_SEED,
+                 min_users=DEFAULT_MIN_USERS):
     """The rows of a comparison of ``runs_a`` vs ``runs_b`` (``{seed: record}`` each), corrected as one family.
 
     Returns:
@@ -124,25 +127,24 @@ def compare_runs(runs_a, runs_b, tasks=None, metrics=DEFAULT_METRICS, test=DEFAU
         for metric in (metric.lower() for metric in metrics):
             for part in ((None, *PARTS) if split_repeat else (None,)):
                 try:
-                    values_a, values_b = paired_user_values(runs_a, runs_b, task, metric, part=part)
+                    evidence = pair_evidence(runs_a, runs_b, task, metric, part=part, test=test, min_users=min_users,
+                                             confidence=confidence, n_resamples=n_resamples,
+                                             bootstrap_seed=bootstrap_seed)
                 except RepeatFlagsMissing as error:
                     note = f"{task}: no repeat/new rows, {error}"
                     notes += [] if note in notes else [note]
                     continue
-                per_seed = [paired_user_values({seed: runs_a[seed]}, {seed: runs_b[seed]}, task, metric, part=part)
-                            for seed in common_seeds]
-                seed_values_a = [float(np.mean(a)) if len(a) else math.nan for a, _ in per_seed]
-                seed_values_b = [float(np.mean(b)) if len(b) else math.nan for _, b in per_seed]
+                values = evidence.values
+                if values.dropped_users:
+                    notes.append(f"{task} {metric} {part or ALL_USERS}: {values.dropped_users} user(s) are paired "
+                                 f"under some common seeds but not all; left out so each user averages the same seeds")
                 rows.append(CompareRow(
                     task=task, metric=metric, part=part or ALL_USERS,
-                    mean_a=float(np.mean(values_a)) if len(values_a) else math.nan,
-                    mean_b=float(np.mean(values_b)) if len(values_b) else math.nan,
-                    test=paired_test(values_a, values_b, test=test),
-                    effect=effect_size(values_a, values_b, confidence, n_resamples, bootstrap_seed),
-                    n_users=len(values_a) // len(common_seeds), n_seeds=len(common_seeds),
-                    seed_values_a=seed_values_a, seed_values_b=seed_values_b,
-                    seed_test=seed_ttest(dict(zip(common_seeds, seed_values_a)),
-                                         dict(zip(common_seeds, seed_values_b)))))
+                    mean_a=float(np.mean(values.values_a)) if len(values.users) else math.nan,
+                    mean_b=float(np.mean(values.values_b)) if len(values.users) else math.nan,
+                    test=evidence.user_test, effect=evidence.effect, n_users=len(values.users),
+                    n_seeds=len(common_seeds), seed_values_a=list(values.seed_means_a),
+                    seed_values_b=list(values.seed_means_b), seed_test=evidence.seed_test))
     for row, adjusted in zip(rows, adjust_pvalues([row.test.pvalue for row in rows], correction)):
         row.p_adjusted = float(adjusted)
     return rows, notes
@@ -156,6 +158,11 @@ def _number(value, decimals=DISPLAY_DECIMALS, signed=False):
 
 def _p(value):
     return MISSING_MARK if value is None or math.isnan(value) else f"{value:.{P_VALUE_DIGITS}g}"
+
+
+def _test_p(result):
+    """A test's raw p-value, or why it has none (zero variance, too few users)."""
+    return p_value_text(result, P_VALUE_DIGITS) or MISSING_MARK
 
 
 def _value_over_seeds(mean, seed_values):
@@ -185,18 +192,20 @@ def format_comparison(rows, runs_a, runs_b, test, correction, confidence, notes=
                  f"[{_number(effect.ci_low, signed=True)}, {_number(effect.ci_high, signed=True)}]",
                  (f"{effect.relative * PERCENT:+.{PERCENT_DECIMALS}f}%" if effect.relative is not None
                   else MISSING_MARK),
-                 _p(row.test.pvalue), _p(row.p_adjusted), f"{row.n_users:,}"]
+                 _test_p(row.test), _p(row.p_adjusted), f"{row.n_users:,}"]
         if several_seeds:
-            cells.append(_p(row.seed_test.pvalue) if row.seed_test else MISSING_MARK)
+            cells.append(_test_p(row.seed_test))
         lines.append("| " + " | ".join(cells) + " |")
     n_tested = sum(not math.isnan(row.test.pvalue) for row in rows)
-    lines += ["", f"- Test: {TEST_NAMES[test]} on per-user values; pairs are (same seed, same user)"
-                  f"{', pooled over the common seeds' if several_seeds else ''}; n = users per seed.",
+    lines += ["", f"- Test (p): {user_level_description(test)}; {UNTESTED_RULE}.",
               f"- Correction: {CORRECTION_NAMES[correction]}, over the family of all {n_tested} tested rows above.",
-              f"- A - B: mean paired difference; CI: {confidence:.0%} percentile bootstrap resampling the pairs "
-              f"(seeded); relative = (A - B) / B.",
+              f"- A - B: mean paired difference over users; CI: {confidence:.0%} {BOOTSTRAP_RULE}; "
+              f"relative = (A - B) / B.",
               "- Part: all test users of the task, or only repeat targets (target item in the input window of "
               "both runs) or new-item targets."]
+    if several_seeds:
+        lines.append(f"- p (seeds): {SEED_TEST_RULE}; A and B show the mean ± std of the per-seed means. "
+                     f"Not corrected; a separate result from p.")
     lines += [f"- Note: {note}" for note in notes]
     if rows and rows[0].n_seeds < MIN_SEEDS_FOR_SEED_TEST:
         lines.append(f"- Warning: only {rows[0].n_seeds} common seed(s); the across-seed std and paired-by-seed "
@@ -226,7 +235,8 @@ def compare_main(argv=None):
         runs_a = resolve_run(args.run_a, args.results_dir)
         runs_b = resolve_run(args.run_b, args.results_dir)
         rows, notes = compare_runs(runs_a, runs_b, args.tasks, args.metrics, args.test, args.correction,
-                                   args.split_repeat, args.confidence, args.bootstrap_resamples, args.bootstrap_seed)
+                                   args.split_repeat, args.confidence, args.bootstrap_resamples, args.bootstrap_seed,
+                                   args.min_users)
     except (ResultsError, AlignmentError, ValueError) as error:
         print(f"compare: {error}", file=sys.stderr)
         return 1
