@@ -136,6 +136,107 @@ def test_the_trainer_builds_the_loader_of_the_train_unit(splits):
             super().__init__()
             self.weight = torch.nn.Parameter(torch.zeros(1))
 
+    config["train_unit"] = "prefix"
     assert type(Trainer(config, CausalStub(), "cpu").train_loader(train)) is SequenceLoader
     config["train_unit"] = "sequence"
     assert isinstance(Trainer(config, CausalStub(), "cpu").train_loader(train), WindowLoader)
+
+
+# ----- causal models: one sequence-mode pass = the prefix examples' losses ---------------------------
+
+CAUSAL_MODELS = ["SASRec", "GRU4Rec", "SASRec_B", "SASRec_MB", "PBAT"]
+BEHAVIOR_CONDITIONED = ["SASRec_B", "SASRec_MB", "PBAT"]
+NO_DROPOUT = dict(hidden_size=16, inner_size=32, embedding_size=16, n_layers=1, hidden_dropout_prob=0.0,
+                  attn_dropout_prob=0.0, dropout_prob=0.0, behavior_dropout_prob=0.0)
+
+
+def causal_model(tmp_path, model_name, n_users=16):
+    config = make_config(model_name, write_inter(tmp_path, "varied", varied_rows(n_users)), behaviors=BEHAVIORS,
+                         MAX_ITEM_LIST_LENGTH=WINDOW, train_unit="sequence", **NO_DROPOUT)
+    dataset = MultiBehaviorSequentialDataset(config)
+    train, _, _ = dataset.build()
+    init_seed(11, True)
+    from mbrec.registry import get_model_class
+
+    model = get_model_class(model_name)(config, train).eval()
+    with torch.no_grad():  # away from the near-uniform initialisation, so that a wrong input shows in the losses
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.2)
+    return dataset, model, config
+
+
+def prefix_loss(model, dataset, target_row):
+    """The model's own prefix-mode ``calculate_loss`` on the single example of ``target_row``."""
+    model.sequence_training = False
+    try:
+        return model.calculate_loss(dataset.make_batch(np.array([target_row]), with_target=True))
+    finally:
+        model.sequence_training = True
+
+
+@pytest.mark.parametrize("model_name", CAUSAL_MODELS)
+def test_sequence_pass_losses_equal_the_prefix_examples_losses(tmp_path, model_name):
+    dataset, model, _ = causal_model(tmp_path, model_name)
+    assert model.train_unit_kind == "causal" and model.sequence_training
+    windows = dataset.causal_windows()
+    batch = dataset.make_window_batch(windows, causal=True)
+    with torch.no_grad():
+        per_position = model.position_losses(batch)  # [W, L]
+        part_starts = set(dataset.training_parts()[0].tolist())
+        compared = 0
+        for index, (first, n_rows) in enumerate(windows):
+            # The first window of a part shows every position its prefix history; a later one only its
+            # full last position (module docstring of mbrec.data.dataset).
+            positions = range(n_rows - 1) if first in part_starts else [WINDOW - 1] if n_rows == WINDOW + 1 else []
+            for position in positions:
+                expected = prefix_loss(model, dataset, first + position + 1)
+                torch.testing.assert_close(per_position[index, position], expected, rtol=1e-4, atol=1e-5)
+                compared += 1
+        assert (per_position[batch["item_length"].unsqueeze(1) <= torch.arange(WINDOW)] == 0).all()
+        assert compared > 40
+        # the batch loss is the mean over every target position of the batch
+        real = per_position[batch[TARGET_ITEM_LIST] > 0]
+        torch.testing.assert_close(model.calculate_loss(batch), real.mean())
+
+
+@pytest.mark.parametrize("model_name", BEHAVIOR_CONDITIONED)
+def test_each_position_is_asked_the_behavior_of_the_interaction_it_predicts(tmp_path, model_name):
+    dataset, model, _ = causal_model(tmp_path, model_name)
+    batch = dataset.make_window_batch(dataset.causal_windows(), causal=True)
+    window, position = int(torch.nonzero(batch["item_length"] > 2)[0]), 1  # a middle position of a window
+    changed = batch[TARGET_BEHAVIOR_LIST].clone()
+    changed[window, position] = changed[window, position] % 3 + 1  # another real behavior
+    altered = copy_batch(batch, **{TARGET_BEHAVIOR_LIST: changed})
+    with torch.no_grad():
+        difference = (model.position_losses(batch) - model.position_losses(altered)).abs() > 1e-6
+    assert difference[window, position] and difference.sum() == 1  # that position's loss, no other
+
+
+def copy_batch(batch, **fields):
+    from recbole.data.interaction import Interaction
+
+    return Interaction({**{name: value.clone() for name, value in batch.interaction.items()}, **fields})
+
+
+def test_prefix_mode_of_the_registered_sasrec_is_recboles(tmp_path):
+    """The registry's SASRec is RecBole's class plus sequence training: same parameters, same prefix loss."""
+    from recbole.model.sequential_recommender.sasrec import SASRec as RecBoleSASRec
+
+    dataset, model, config = causal_model(tmp_path, "SASRec")
+    stock = RecBoleSASRec(config, dataset.build()[0]).eval()
+    stock.load_state_dict(model.state_dict())  # same parameter names and shapes
+    train_rows = dataset.build()[0].target_rows[:20]
+    batch = dataset.make_batch(train_rows, with_target=True)
+    model.sequence_training = False
+    with torch.no_grad():
+        torch.testing.assert_close(model.calculate_loss(batch), stock.calculate_loss(batch))
+        torch.testing.assert_close(model.full_sort_predict(batch), stock.full_sort_predict(batch))
+
+
+def test_sequence_training_fits_through_the_trainer(tmp_path):
+    dataset, model, config = causal_model(tmp_path, "SASRec_MB")
+    train, valid, _ = dataset.build()
+    trainer = Trainer(config, model.train(), "cpu")
+    trainer.epochs = 2
+    summary = trainer.fit(train, valid, tmp_path / "best.pth")
+    assert summary["epochs_run"] == 2 and all(entry["loss"] > 0 for entry in trainer.history)
