@@ -190,4 +190,4 @@ def test_a_tiny_model_overfits_a_tiny_dataset_in_sequence_mode(tmp_path, model):
     losses = [trainer._train_epoch(loader, epoch) for epoch in range(60)]
     after = train_recall_at_1(network, config, train)
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
-    assert before < 0.2 and after > 0.6
+    assert after > 0.6 and after > before + 0.4  # before: an untrained model near chance (1/8)

@@ -17,11 +17,10 @@ from tests.conftest import make_config, write_inter
 HIDDEN, HEADS, LENGTH, BEHAVIORS = 16, 2, 8, 4  # BEHAVIORS includes id 0 (padding / unknown)
 CLOZE_MODELS = ["BERT4Rec_MB", "BERT4Rec_B", "MBSTR"]
 MODELS = [*CLOZE_MODELS, "PBAT"]
-# train_unit prefix: these tests feed prefix examples (the slot); sequence mode: tests/test_cloze_sequence.py
-TINY = dict(train_unit="prefix", behaviors=["view", "cart", "buy"], hidden_size=16, inner_size=32, n_layers=1, hidden_dropout_prob=0.0,
+TINY = dict(behaviors=["view", "cart", "buy"], hidden_size=16, inner_size=32, n_layers=1, hidden_dropout_prob=0.0,
             attn_dropout_prob=0.0, MAX_ITEM_LIST_LENGTH=16, train_batch_size=64, eval_batch_size=64,
             eval_tasks=["behavior_specific"], topk=[1, 5, 10],
-            train_unit="prefix")  # the tests here feed prefix batches (sequence mode: tests/test_train_unit.py)
+            train_unit="prefix")  # the tests here feed prefix batches (sequence mode: tests/test_cloze_sequence.py)
 
 
 def cycle_rows(n_users=40, n_items=8):
