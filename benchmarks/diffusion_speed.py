@@ -25,7 +25,7 @@ from mbrec import registry  # noqa: E402
 from mbrec.benchmark.runner import prepare_data, resolve_device  # noqa: E402
 from mbrec.config import build_config, merge_layers, parse_overrides  # noqa: E402
 from mbrec.data.dataset import MultiBehaviorSequentialDataset, SequenceLoader  # noqa: E402
-from mbrec.training.trainer import PRECISIONS, build_optimizer  # noqa: E402
+from mbrec.training.trainer import PRECISIONS, Trainer, build_optimizer  # noqa: E402
 
 
 def synchronize(device):
@@ -65,7 +65,9 @@ def time_model(model_name, dataset, overrides, device, n_batches, precision="fp3
     evaluation batch, extrapolated to an epoch and a split; ``built`` reuses :func:`build_for_timing`."""
     config, train, test, model = built or build_for_timing(model_name, dataset, overrides, device)
     optimizer = build_optimizer(config, model.parameters())
-    loader = iter(SequenceLoader(config, train, config["train_batch_size"], shuffle=True, training=True))
+    # the model's own trainer lays out its batches (prefix examples, or whole windows with train_unit: sequence)
+    train_loader = getattr(type(model), "trainer_class", Trainer)(config, model, device).train_loader(train)
+    loader = iter(train_loader)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -87,7 +89,7 @@ def time_model(model_name, dataset, overrides, device, n_batches, precision="fp3
     model.eval()
     eval_loader = iter(SequenceLoader(config, test, config["eval_batch_size"], shuffle=False, training=False))
     eval_batch = time_eval_batch(model, next(eval_loader).to(device), device)
-    n_train_batches = -(-len(train.target_rows) // config["train_batch_size"])
+    n_train_batches = len(train_loader)
     n_eval_batches = -(-len(test.target_rows) // config["eval_batch_size"])
     return {
         "model": model_name,
