@@ -8,6 +8,10 @@ from mbrec.data.readers.parse import load_pickle
 from mbrec.data.readers.table import ReaderOutput, in_chunks, whole_numbers_as_int
 
 DEFAULT_FILES = {}  # the YAML's ``files: {behavior: file name}`` (and ``heldout_file``) say what to read
+# Written beside ``<name>.inter`` with ``heldout: append``: the appended (user, item) pairs, one per line, so
+# that a run can tell held-out test targets from logged last interactions (their shares decide what a score
+# means). The .inter file itself is unchanged.
+HELDOUT_SUFFIX = ".heldout"
 
 
 def expected_files(options):
@@ -33,7 +37,7 @@ def _load_matrix(path):
     return coo.row[keep].astype(np.int64), coo.col[keep].astype(np.int64), coo.data[keep], coo.shape
 
 
-def _load_heldout(path):
+def load_heldout(path):
     """Held-out (users, items) from a ``tst_int`` list or a ``test_mat.pkl`` sparse matrix."""
     import scipy.sparse as sp
 
@@ -69,9 +73,9 @@ def read_matrices(files, options):
     users, items, codes = np.concatenate(users), np.concatenate(items), np.concatenate(codes)
     stamps = np.concatenate(stamps)
     stamps = whole_numbers_as_int(stamps) if stamps.dtype.kind == "f" else stamps.astype(np.int64)
-    dropped, notes = {}, {}
+    dropped, notes, write_extra = {}, {}, None
     if "heldout" in files:
-        held_users, held_items = _load_heldout(files["heldout"])
+        held_users, held_items = load_heldout(files["heldout"])
         pair_base = max(int(items.max(initial=0)), int(held_items.max(initial=0))) + 1
         notes["heldout_in_own_history"] = int(np.isin(held_users * pair_base + held_items,
                                                       users * pair_base + items).sum())
@@ -90,6 +94,7 @@ def read_matrices(files, options):
             items = np.concatenate([items, held_items])
             codes = np.concatenate([codes, np.full(len(held_users), vocabulary.index(target), dtype=np.int8)])
             stamps = np.concatenate([stamps, held_stamps.astype(stamps.dtype)])
+            write_extra = _heldout_writer(held_users, held_items)
         else:
             dropped["held-out items (heldout: ignore)"] = int(len(held_users))
     order = np.lexsort((items, codes, stamps, users))
@@ -99,4 +104,12 @@ def read_matrices(files, options):
         "behavior": pd.Categorical.from_codes(codes[order], categories=vocabulary),
         "timestamp": stamps[order],
     })
-    return ReaderOutput(in_chunks(log), None, dropped, notes)
+    return ReaderOutput(in_chunks(log), None, dropped, notes, write_extra)
+
+
+def _heldout_writer(held_users, held_items):
+    def write(folder, name, item_ids):
+        pairs = pd.DataFrame({"user_id": held_users, "item_id": held_items})
+        with open(folder / f"{name}{HELDOUT_SUFFIX}", "w", encoding="utf-8", newline="") as handle:
+            pairs.to_csv(handle, sep="\t", header=False, index=False, lineterminator="\n")
+    return write
