@@ -118,7 +118,8 @@ def to_markdown(figures):
             lines.append(f"| {row['model']} | {row['precision']} | {row['parameters']:,} | "
                          f"{row['train_s_per_batch']:.4f} | {row['train_s_per_epoch']:.1f} | "
                          f"{row['eval_s_per_batch']:.4f} | {row['eval_s_per_split']:.1f} | {row['peak_mb']:.0f} |")
-        lines.append("")
+        lines += ["", "Peak MB: CUDA peak allocated per model on a GPU; on a CPU the process's peak RSS so far "
+                      "(cumulative over the rows above it).", ""]
     else:
         lines += [f"failed: {training.get('error')}", ""]
     beams = figures.get("mbgen_beam", {})
