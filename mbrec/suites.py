@@ -25,7 +25,7 @@ File format::
 overrides) instead of sweeping it: an ablation changes one switch of the tuned model.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mbrec.utils import PROPERTIES_DIR, REPO_DIR, read_yaml
@@ -75,6 +75,19 @@ class Suite:
     @property
     def tuning_seed(self):
         return self.seeds[0]
+
+    def subset(self, entries=None, datasets=None):
+        """The same suite restricted to some entries and dataset variants (``None``: all). An ablation
+        keeps the entry it is tuned from, so it never runs with an untuned configuration."""
+        if datasets:
+            unknown = sorted(set(datasets) - set(self.datasets))
+            if unknown:
+                raise SuiteError(f"{self.path}: no dataset variant {unknown}; variants: {', '.join(self.datasets)}")
+        if entries:
+            wanted = {self.entry(name).name for name in entries}
+            wanted |= {self.entry(name).tune_from for name in wanted if self.entry(name).tune_from}
+        return replace(self, entries=[e for e in self.entries if not entries or e.name in wanted],
+                       datasets=[d for d in self.datasets if not datasets or d in datasets])
 
     def entry(self, name):
         for entry in self.entries:

@@ -69,6 +69,18 @@ def test_bad_suite_files_are_refused_with_the_reason(tmp_path, content, message)
         load_suite(str(path))
 
 
+def test_a_subset_keeps_the_entry_an_ablation_is_tuned_from():
+    cpu = load_suite("cpu")
+    part = cpu.subset(["FatsMB[pos=ape]", "Pop"], ["retailrocket_f10"])
+    assert [entry.name for entry in part.entries] == ["Pop", "FatsMB", "FatsMB[pos=ape]"]
+    assert part.datasets == ["retailrocket_f10"] and part.seeds == cpu.seeds
+    assert cpu.subset().entries == cpu.entries
+    with pytest.raises(SuiteError, match="no dataset variant"):
+        cpu.subset(datasets=["nowhere"])
+    with pytest.raises(SuiteError, match="no entry named"):
+        cpu.subset(["SASRek"])
+
+
 def test_unknown_suite_lists_the_suites():
     with pytest.raises(SuiteError, match="cpu"):
         load_suite("no_such_suite")

@@ -360,6 +360,9 @@ def build_suite_parser():
                     "runs and finished sweeps are skipped. Ends with the suite's tables.")
     parser.add_argument("name", help=f"suite name ({', '.join(suites.suite_names())}) or a suite YAML file")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (what is stored, what would run)")
+    parser.add_argument("--entries", nargs="+", help="run only these entries (an ablation brings the entry it is "
+                                                     "tuned from); the tables still show the whole suite")
+    parser.add_argument("--datasets", nargs="+", help="run only these dataset variants")
     parser.add_argument("--results-dir", help="default: results/reference/<suite>/ in the repository")
     parser.add_argument("--workers", type=int, help="local Ray: this many runs (and sweep trials) at a time")
     parser.add_argument("--ray-address", help="join this Ray cluster (auto or HOST:PORT)")
@@ -377,7 +380,8 @@ def suite_main(argv=None, report=None):
     args = build_suite_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     try:
-        suite = suites.load_suite(args.name)
+        whole_suite = suite = suites.load_suite(args.name)
+        suite = whole_suite.subset(args.entries, args.datasets)
         for entry in suite.entries:
             registry.get_model_class(entry.model)
         for dataset in suite.datasets:
@@ -397,7 +401,7 @@ def suite_main(argv=None, report=None):
         logger.error(f"the suite tunes with Ray Tune: {error}")
         return 2
     if report is not None:
-        report(suite, results_dir)
+        report(whole_suite, results_dir)
     for failure in failures:
         print(f"FAILED {failure}", file=sys.stderr)
     return 1 if failures else 0
