@@ -13,6 +13,7 @@ from recbole.config import Config
 from recbole.data.transform import construct_transform
 
 from mbrec import registry
+from mbrec.data.dataset import TRAIN_UNIT_KINDS, TRAIN_UNITS
 from mbrec.utils import PROPERTIES_DIR
 
 
@@ -79,23 +80,66 @@ def deep_update(base, update):
     return base
 
 
-def dataset_config_file(dataset):
-    """The dataset's YAML, following ``alias_of`` (retail -> taobao)."""
+# A dataset variant's YAML names the dataset it refines with this key (retailrocket_f10 extends
+# retailrocket): its protocol settings are stated once, layered over the base dataset's YAML.
+EXTENDS_KEY = "extends"
+ALIAS_KEY = "alias_of"
+
+
+def _dataset_yaml(dataset):
     path = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
     if not path.is_file():
         raise ConfigError(f"Unknown dataset '{dataset}'. Valid datasets: {', '.join(registry.dataset_names())}")
-    alias = load_yaml(path).get("alias_of")
-    return dataset_config_file(alias) if alias else path
+    return path
+
+
+def dataset_config_files(dataset):
+    """The dataset's YAML layers, base first: ``alias_of`` is followed (retail -> taobao), a variant's
+    ``extends`` puts the base dataset's YAML(s) under its own (retailrocket_f10 over retailrocket)."""
+    chain, name = [], dataset
+    while True:
+        if name in [seen for seen, _ in chain]:
+            raise ConfigError(f"Dataset YAMLs refer to each other in a cycle: "
+                              f"{' -> '.join([seen for seen, _ in chain] + [name])}")
+        path = _dataset_yaml(name)
+        content = load_yaml(path)
+        if content.get(ALIAS_KEY):
+            chain.append((name, None))  # an alias adds no settings of its own
+            name = content[ALIAS_KEY]
+        elif content.get(EXTENDS_KEY):
+            chain.append((name, path))
+            name = content[EXTENDS_KEY]
+        else:
+            chain.append((name, path))
+            return [path for _, path in reversed(chain) if path is not None]
+
+
+def base_dataset(dataset):
+    """The registered dataset whose data a name prepares: a variant's base, itself otherwise.
+
+    Aliases are left to the data package (it knows ``alias_of``); variants are a config matter.
+    """
+    dataset_config_files(dataset)  # unknown names and cycles raise here
+    name = dataset
+    while extends := load_yaml(_dataset_yaml(name)).get(EXTENDS_KEY):
+        name = extends
+    return name
+
+
+def dataset_config_file(dataset):
+    """The dataset's own YAML (its last layer, see :func:`dataset_config_files`)."""
+    return dataset_config_files(dataset)[-1]
 
 
 def merge_layers(model, dataset, config_files=(), overrides=None):
     """Merge the YAML layers and overrides into one plain dict (the run's own settings)."""
-    layers = [PROPERTIES_DIR / "overall.yaml", *registry.model_config_files(model), dataset_config_file(dataset)]
+    layers = [PROPERTIES_DIR / "overall.yaml", *registry.model_config_files(model), *dataset_config_files(dataset)]
     merged = {}
     for path in [p for p in layers if p is not None] + [*config_files]:
         deep_update(merged, load_yaml(path))
     deep_update(merged, overrides or {})
-    merged.pop("alias_of", None)
+    merged.pop(ALIAS_KEY, None)
+    merged.pop(EXTENDS_KEY, None)  # names the layering, not a setting: a variant's runs key like its overrides
     return merged
 
 
@@ -114,6 +158,28 @@ class MBConfig(Config):
         return {}
 
 
+def check_train_unit(model_class, settings):
+    """``train_unit`` must be one the model class declares (``train_units``; default prefix only).
+
+    Called before any data is loaded. Sequence mode computes the loss in the model from whole
+    windows, so it takes no sampled negatives (the models' sequence losses are over all items).
+    """
+    unit = settings.get("train_unit") or "prefix"
+    name = model_class.__name__
+    if unit not in TRAIN_UNITS:
+        raise ConfigError(f"train_unit must be one of {list(TRAIN_UNITS)}, got {unit!r}")
+    supported = tuple(getattr(model_class, "train_units", ("prefix",)))
+    if unit not in supported:
+        raise ConfigError(f"{name} does not train with train_unit: {unit}; it supports {list(supported)}")
+    if unit == "sequence":
+        if getattr(model_class, "train_unit_kind", None) not in TRAIN_UNIT_KINDS:
+            raise ConfigError(f"{name} declares train_unit sequence but no train_unit_kind in {TRAIN_UNIT_KINDS}")
+        negatives = settings.get("train_neg_sample_args") or {}
+        if negatives.get("distribution", "none") not in (None, "none"):
+            raise ConfigError(f"train_unit: sequence trains with cross-entropy over all items; "
+                              f"train_neg_sample_args {negatives} needs train_unit: prefix")
+
+
 def build_config(model, dataset_dir, settings):
     """A RecBole config for ``model`` on the prepared atomic files in ``dataset_dir``.
 
@@ -121,6 +187,7 @@ def build_config(model, dataset_dir, settings):
     variable config, which beats RecBole's internal defaults.
     """
     settings = dict(settings)
+    check_train_unit(registry.get_model_class(model) if isinstance(model, str) else model, settings)
     settings["data_path"] = str(dataset_dir.parent)
     config = MBConfig(model=model, dataset=dataset_dir.name, config_dict=settings)
     # Protocol: drop users with fewer than min_user_inter interactions; optional item k-core.

@@ -19,7 +19,8 @@ CLOZE_MODELS = ["BERT4Rec_MB", "BERT4Rec_B", "MBSTR"]
 MODELS = [*CLOZE_MODELS, "PBAT"]
 TINY = dict(behaviors=["view", "cart", "buy"], hidden_size=16, inner_size=32, n_layers=1, hidden_dropout_prob=0.0,
             attn_dropout_prob=0.0, MAX_ITEM_LIST_LENGTH=16, train_batch_size=64, eval_batch_size=64,
-            eval_tasks=["behavior_specific"], topk=[1, 5, 10])
+            eval_tasks=["behavior_specific"], topk=[1, 5, 10],
+            train_unit="prefix")  # the tests here feed prefix batches (sequence mode: tests/test_cloze_sequence.py)
 
 
 def cycle_rows(n_users=40, n_items=8):
@@ -298,13 +299,13 @@ def test_pbat_is_causal_and_personalized(built):
 
 def test_pbat_cloze_training_is_bidirectional_and_predicts_masked_history(built):
     """``training: cloze`` (the authors' code): every masked position is a prediction and attention looks
-    both ways; ``causal`` predicts the last position's next item only."""
+    both ways; ``causal`` (prefix unit) predicts the last position's next item only."""
     scored = {}
     for training in ("causal", "cloze"):
-        config, network, train, test = built("PBAT", training=training, mask_ratio=0.5)
+        config, network, train, test = built("PBAT", training=training, mask_ratio=0.5, train_unit="prefix")
         original_score = network.score
-        network.score = lambda users, mean, std, asked, _f=original_score: (
-            scored.__setitem__(training, len(users)) or _f(users, mean, std, asked))
+        network.score = lambda mean, std, users, asked, _f=original_score: (
+            scored.__setitem__(training, len(users)) or _f(mean, std, users, asked))
         batch = first_batch(config, train)
         network.train()
         network.calculate_loss(batch)
@@ -314,11 +315,12 @@ def test_pbat_cloze_training_is_bidirectional_and_predicts_masked_history(built)
             lengths = batch["item_length"]
             items = with_slot(batch["item_id_list"], lengths, network.mask_token)
             behaviors = with_slot(batch["behavior_list"], lengths, 1)
-            mean, _ = network.cloze_forward(items, behaviors, batch["user_id"], lengths)
+            padding = padding_after(lengths, items.size(1))
+            mean, _ = network.bidirectional_states(items, behaviors, batch["user_id"], padding)
             later = items.clone()
-            later[torch.arange(len(lengths)), lengths - 1] = 1 + items[torch.arange(len(lengths)), lengths - 1] % (
-                network.n_items - 1)  # another item at the latest history position
-            moved, _ = network.cloze_forward(later, behaviors, batch["user_id"], lengths)
+            rows = torch.arange(len(lengths))
+            later[rows, lengths - 1] = 1 + items[rows, lengths - 1] % (network.n_items - 1)  # another latest item
+            moved, _ = network.bidirectional_states(later, behaviors, batch["user_id"], padding)
             assert not torch.allclose(mean[:, 0], moved[:, 0], atol=1e-5)  # the first position sees the latest
     assert scored["causal"] == 16  # one prediction per example
     assert scored["cloze"] > 16  # the slot of each example plus masked history positions
@@ -327,3 +329,12 @@ def test_pbat_cloze_training_is_bidirectional_and_predicts_masked_history(built)
 def test_pbat_refuses_unknown_training(built):
     with pytest.raises(ValueError, match="training must be one of"):
         built("PBAT", training="bert")
+
+
+@pytest.mark.parametrize("unit", ["prefix", "sequence"])
+def test_pbat_cloze_runs_through_the_runner_in_both_training_units(tmp_path, unit):
+    from tests.test_runner import tiny_run
+
+    record = tiny_run(tmp_path, model="PBAT", hidden_size=16, inner_size=32, n_layers=1, epochs=1,
+                      training="cloze", train_unit=unit)
+    assert 0.0 <= record["results"]["behavior_specific"]["metrics"]["ndcg@10"] <= 1.0

@@ -26,7 +26,7 @@ import torch
 from recbole.data.interaction import Interaction
 from tqdm import tqdm
 
-from mbrec.data.dataset import SequenceLoader
+from mbrec.data.dataset import SequenceLoader, WindowLoader, train_unit
 from mbrec.evaluation import Evaluator
 from mbrec.utils import atomic_path
 
@@ -45,6 +45,12 @@ OPTIMIZERS = {
 # weights, optimizer state and evaluation stay fp32 (bf16 scores would tie items that fp32 tells
 # apart, and ties count against the target).
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+# Why training ended (``stopped_by`` of the fit summary and the record): patience ran out on valid
+# (converged), or the epoch cap came first (the selected epoch may still have been improving).
+STOPPED_BY_PATIENCE = "patience"
+STOPPED_BY_EPOCH_CAP = "epoch_cap"
+STOPPED_BY_NO_TRAINING = "not_trained"  # rules without training (Pop, Recent)
 
 
 def _to_device(batch, device):
@@ -67,6 +73,11 @@ class Trainer:
     """Fits a RecBole-style sequential model and selects the epoch by a valid metric."""
 
     def __init__(self, config, model, device):
+        # recbole 1.2.1's sine.py runs torch.autograd.set_detect_anomaly(True) when imported, and importing
+        # any RecBole sequential model imports it: every backward would then record a Python stack trace per
+        # autograd node (about 2x the CPU time of a small SASRec step). It only adds checks, so switching it
+        # off changes no number.
+        torch.autograd.set_detect_anomaly(False)
         self.config = config
         self.model = model
         self.device = device
@@ -90,14 +101,21 @@ class Trainer:
         self.validation_callbacks = []
 
     def train_loader(self, train_dataset):
+        """Prefix examples, or whole windows when ``train_unit: sequence`` (laid out for the model's
+        ``train_unit_kind``; the model's ``calculate_loss`` reads them, see ``mbrec.data.dataset``)."""
+        pin_memory = torch.device(self.device).type == "cuda"
+        if train_unit(self.config) == "sequence":
+            return WindowLoader(self.config, train_dataset, self.config["train_batch_size"],
+                                kind=getattr(self.model, "train_unit_kind", None), prefetch=self.loader_prefetch,
+                                pin_memory=pin_memory)
         return SequenceLoader(self.config, train_dataset, self.config["train_batch_size"], shuffle=True,
-                              training=True, prefetch=self.loader_prefetch,
-                              pin_memory=torch.device(self.device).type == "cuda")
+                              training=True, prefetch=self.loader_prefetch, pin_memory=pin_memory)
 
     def fit(self, train_dataset, valid_dataset, checkpoint_path):
         """Train until ``epochs`` or early stopping; leave the best weights loaded."""
         loader = self.train_loader(train_dataset)
         best_score, best_epoch, bad_validations = -math.inf, -1, 0
+        stopped_by = STOPPED_BY_EPOCH_CAP
         for epoch in range(self.epochs):
             start = time.perf_counter()
             loss = self._train_epoch(loader, epoch)
@@ -119,9 +137,14 @@ class Trainer:
             if bad_validations > self.stopping_step:
                 logger.info(f"early stopping after epoch {epoch}: no valid improvement for "
                             f"{bad_validations} validations")
+                stopped_by = STOPPED_BY_PATIENCE
                 break
+        if stopped_by == STOPPED_BY_EPOCH_CAP:
+            logger.info(f"stopped by the epoch cap ({self.epochs} epochs) before patience ran out: valid may still "
+                        f"improve")
         self.model.load_state_dict(torch.load(checkpoint_path, map_location=self.device, weights_only=True))
-        return {"best_epoch": best_epoch, "best_valid_score": best_score, "epochs_run": len(self.history)}
+        return {"best_epoch": best_epoch, "best_valid_score": best_score, "epochs_run": len(self.history),
+                "stopped_by": stopped_by}
 
     def notify_validation(self, entry, best_score, best_epoch):
         """Hand one validated epoch (its history ``entry``) and the best so far to the callbacks."""
@@ -197,4 +220,4 @@ class NoTrainingTrainer(Trainer):
         logger.info(f"{type(self.model).__name__} does not train; valid {self.valid_task} "
                     f"{self.valid_metric} {score:.4f}")
         self.notify_validation({"epoch": None, "loss": None, "valid_score": score}, score, None)
-        return {"best_epoch": None, "best_valid_score": score, "epochs_run": 0}
+        return {"best_epoch": None, "best_valid_score": score, "epochs_run": 0, "stopped_by": STOPPED_BY_NO_TRAINING}
