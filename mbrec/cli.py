@@ -10,7 +10,7 @@ import logging
 import sys
 
 from mbrec import registry
-from mbrec.benchmark.runner import LOG_FORMAT, USER_ERRORS, run
+from mbrec.benchmark.runner import LOG_FORMAT, USER_ERRORS, run, seed_label
 from mbrec.config import parse_overrides
 
 logger = logging.getLogger("mbrec")
@@ -119,11 +119,11 @@ def main(argv=None):
                     records.append(run(model, dataset, args.config_files, overrides, seed, args.device,
                                        args.data_path, args.cache_dir, args.results_dir, args.rerun))
                 except USER_ERRORS as error:  # bad input: a clear message, no traceback
-                    logger.error(f"{model} on {dataset} (seed {seed}): {error}")
+                    logger.error(f"{model} on {dataset} ({seed_label(seed)}): {error}")
                     failures.append((model, dataset, seed, error))
                 except Exception as error:  # one failed run must not stop the others
                     if getattr(error, "run_log", None) is None:
-                        logger.exception(f"{model} on {dataset} (seed {seed}) failed")
+                        logger.exception(f"{model} on {dataset} ({seed_label(seed)}) failed")
                     failures.append((model, dataset, seed, error))
     return _report(records, failures, args)
 
@@ -137,7 +137,7 @@ def _report(records, failures, args):
     for model, dataset, seed, error in failures:
         first_line = str(error).splitlines()[0] if str(error) else ""
         log = getattr(error, "run_log", None)
-        print(f"FAILED {model} {dataset} seed={seed}: {type(error).__name__}: {first_line}"
+        print(f"FAILED {model} {dataset} {seed_label(seed)}: {type(error).__name__}: {first_line}"
               + (f"  (log: {log})" if log else ""), file=sys.stderr)
     return 1 if failures else 0
 

@@ -89,13 +89,26 @@ def dataset_config_file(dataset):
 
 
 def merge_layers(model, dataset, config_files=(), overrides=None):
-    """Merge the YAML layers and overrides into one plain dict (the run's own settings)."""
-    layers = [PROPERTIES_DIR / "overall.yaml", *registry.model_config_files(model), dataset_config_file(dataset)]
+    """Merge the YAML layers and overrides into one plain dict (the run's own settings).
+
+    Checked before any data work (``mbrec.config_check``): a key of a ``--config`` file or an
+    override that no layer knows, a value of the wrong type or out of range raise ConfigError.
+    """
+    # Imported here: config_check imports this module's ConfigError.
+    from mbrec.config_check import check_user_keys, check_values
+
+    dataset_file = dataset_config_file(dataset)
+    layers = [PROPERTIES_DIR / "overall.yaml", *registry.model_config_files(model), dataset_file]
     merged = {}
-    for path in [p for p in layers if p is not None] + [*config_files]:
+    for path in [p for p in layers if p is not None]:
         deep_update(merged, load_yaml(path))
-    deep_update(merged, overrides or {})
+    user_layers = [(f"in {path}", load_yaml(path)) for path in config_files]
+    user_layers.append(("command line", overrides or {}))
+    check_user_keys(model, dataset_file, user_layers)
+    for _, layer in user_layers:
+        deep_update(merged, layer)
     merged.pop("alias_of", None)
+    check_values(merged)
     return merged
 
 

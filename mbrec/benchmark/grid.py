@@ -25,7 +25,7 @@ import sys
 from mbrec import registry
 from mbrec import results as store
 from mbrec.results import ResultsError
-from mbrec.benchmark.runner import LOG_FORMAT, USER_ERRORS, plan_run, run
+from mbrec.benchmark.runner import LOG_FORMAT, USER_ERRORS, plan_run, run, seed_label
 
 logger = logging.getLogger("mbrec")
 DONE, FAILED = "done", "failed"
@@ -72,7 +72,7 @@ def plan_grid(args, overrides):
                         stored.append(store.load_record(plan.path))
                         continue
                 except USER_ERRORS as error:
-                    logger.error(f"{model} on {dataset} (seed {seed}): {error}")
+                    logger.error(f"{model} on {dataset} ({seed_label(seed)}): {error}")
                     failures.append((model, dataset, seed, error))
                     continue
                 pending.append((model, dataset, seed))
@@ -124,7 +124,7 @@ def run_grid(args, overrides):
                                         f"({error}); --results-dir must be storage every node shares"}
             if outcome["status"] == FAILED:
                 failures.append((model, dataset, seed, GridRunError(outcome["error"], outcome["log"])))
-            logger.info(f"grid [{finished}/{len(pending)}] {model} {dataset} seed={seed}: {outcome['status']}")
+            logger.info(f"grid [{finished}/{len(pending)}] {model} {dataset} {seed_label(seed)}: {outcome['status']}")
     finally:
         if started:
             ray.shutdown()

@@ -35,6 +35,11 @@ USER_ERRORS = (DataPreparationError, ConfigError, DatasetError, ResultsError, Un
 PREPARE_SETTING_KEYS = ("heldout", "behaviors", "target_behavior")
 
 
+def seed_label(seed):
+    """``seed=2025``, or ``default seed`` when the command gave none (the config's seed applies)."""
+    return "default seed" if seed is None else f"seed={seed}"
+
+
 def resolve_device(requested="auto"):
     if requested in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
