@@ -73,6 +73,15 @@ def build_parser():
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(argv)
+    except KeyboardInterrupt:  # outside a run (a run's own Ctrl+C is reported where it happens)
+        print("interrupted (Ctrl+C); records and tables are written atomically: nothing partial was kept",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _dispatch(argv):
     if argv and argv[0] == "table":  # rebuild tables from stored results, no training
         from mbrec.reporting.tables import table_main
 
@@ -118,6 +127,8 @@ def main(argv=None):
                 try:
                     records.append(run(model, dataset, args.config_files, overrides, seed, args.device,
                                        args.data_path, args.cache_dir, args.results_dir, args.rerun))
+                except KeyboardInterrupt as interrupt:
+                    return _interrupted(f"{model} on {dataset} ({seed_label(seed)})", records, interrupt)
                 except USER_ERRORS as error:  # bad input: a clear message, no traceback
                     logger.error(f"{model} on {dataset} ({seed_label(seed)}): {error}")
                     failures.append((model, dataset, seed, error))
@@ -126,6 +137,20 @@ def main(argv=None):
                         logger.exception(f"{model} on {dataset} ({seed_label(seed)}) failed")
                     failures.append((model, dataset, seed, error))
     return _report(records, failures, args)
+
+
+# Exit status of a command stopped by Ctrl+C (SIGINT), as shells report it: 128 + 2.
+EXIT_INTERRUPTED = 130
+
+
+def _interrupted(what, records, interrupt):
+    """One line for Ctrl+C during a run: what stopped, what stays on disk; no traceback."""
+    log = getattr(interrupt, "run_log", None)
+    kept = [f"its log {log}"] if log else []
+    kept.append(f"{len(records)} finished run record(s) of this command")
+    print(f"interrupted (Ctrl+C): {what} did not finish: no record, no checkpoint (running the same command "
+          f"again trains it from the start); kept: {', '.join(kept)}", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _report(records, failures, args):

@@ -94,6 +94,10 @@ class _RunLog:
         logging.getLogger().addHandler(self.handler)
         return self
 
+    def note(self, message):
+        """A line in the run's log file only (the console gets the command's own summary line)."""
+        self.handler.emit(logger.makeRecord(logger.name, logging.INFO, __file__, 0, message, None, None))
+
     def __exit__(self, *exc):
         logging.getLogger().removeHandler(self.handler)
         self.handler.close()
@@ -140,10 +144,17 @@ def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto
             logger.info(f"another process stored run {path} meanwhile; skipping")
             return store.load_record(path)
         log_file = store.log_path(results_dir, model, dataset_dir.name, seed, key)
-        with _RunLog(log_file):
+        with _RunLog(log_file) as run_log:
             try:
                 return _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key,
                                          path, log_file)
+            except KeyboardInterrupt as interrupt:
+                # No resume from a checkpoint exists: a rerun trains from scratch, so the selected
+                # weights of an unfinished run would only be an orphan file. The log is kept.
+                path.with_suffix(".pth").unlink(missing_ok=True)
+                run_log.note(f"run {key} interrupted (Ctrl+C): checkpoint deleted, no record written")
+                interrupt.run_log = log_file
+                raise
             except Exception as error:
                 logger.error(f"run {key} failed: {type(error).__name__}: {error}", exc_info=True)  # into the log
                 error.run_log = log_file  # the summary of a multi-run command points at it
