@@ -10,6 +10,7 @@ import logging
 import sys
 
 from mbrec import registry
+from mbrec import results as store
 from mbrec.benchmark.runner import LOG_FORMAT, USER_ERRORS, run, seed_label
 from mbrec.config import parse_overrides
 
@@ -39,10 +40,14 @@ def format_summary(records, tasks=("behavior_specific", "target_behavior", "beha
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="run_benchmark.py",
-        description="Train and evaluate multi-behavior sequential recommenders under one protocol. "
-                    "`run_benchmark.py table --help` rebuilds comparison tables from stored results; "
-                    "`run_benchmark.py compare --help` compares two stored runs user by user.",
+        prog="run_benchmark.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train and evaluate multi-behavior sequential recommenders under one protocol.\n\n"
+                    "subcommands (run_benchmark.py SUBCOMMAND --help for each one's options):\n"
+                    "  (none)   train and test runs: every --models x --datasets x --seeds, here or as a Ray\n"
+                    "           grid (--workers N locally, --ray-address on a cluster; options below)\n"
+                    "  table    rebuild comparison tables (Markdown, LaTeX, CSV, efficiency PNG) from stored runs\n"
+                    "  compare  compare two stored runs user by user (paired test), no training\n"
+                    "  tune     Ray Tune hyperparameter sweep of one model on one dataset",
         epilog="Extra arguments key=value (or --key=value) override any config entry, e.g. "
                "epochs=20 learning_rate=1e-3 prepare.size=medium.")
     parser.add_argument("--model", "--models", dest="models", nargs="+", default=["SASRec"],
@@ -108,6 +113,11 @@ def _dispatch(argv):
     if unknown_flags:
         parser.error(f"unrecognized arguments: {' '.join(unknown_flags)}")
     overrides = parse_overrides(extra)
+    try:
+        store.check_writable(args.results_dir or store.default_results_dir())
+    except store.ResultsError as error:  # before any data work, not after preparing the data
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.no_progress:
         overrides["show_progress"] = False
     if args.ray_address or args.workers:
@@ -121,6 +131,7 @@ def _dispatch(argv):
             return 2
         return _report(records, failures, args)
     records, failures = [], []
+    several_runs = len(args.datasets) * len(args.models) * len(args.seeds) > 1
     for dataset in args.datasets:
         for model in args.models:
             for seed in args.seeds:
@@ -130,7 +141,8 @@ def _dispatch(argv):
                 except KeyboardInterrupt as interrupt:
                     return _interrupted(f"{model} on {dataset} ({seed_label(seed)})", records, interrupt)
                 except USER_ERRORS as error:  # bad input: a clear message, no traceback
-                    logger.error(f"{model} on {dataset} ({seed_label(seed)}): {error}")
+                    if several_runs:  # a single run's error is its FAILED line alone
+                        logger.error(f"{model} on {dataset} ({seed_label(seed)}): {error}")
                     failures.append((model, dataset, seed, error))
                 except Exception as error:  # one failed run must not stop the others
                     if getattr(error, "run_log", None) is None:

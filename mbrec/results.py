@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from mbrec.utils import REPO_DIR, write_json_atomic
@@ -37,6 +38,33 @@ class ResultsError(ValueError):
 
 def default_results_dir():
     return REPO_DIR / "results"
+
+
+def check_writable(results_dir):
+    """Refuse a results folder this process cannot write, before any data work (one clear line).
+
+    Tried by writing and removing a file, which also catches read-only mounts that ``os.access``
+    reports as writable.
+    """
+    results_dir = Path(results_dir)
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=results_dir, prefix=".write-check-", delete=True)
+        probe.close()
+    except OSError as error:
+        raise ResultsError(f"cannot write results to {results_dir} ({error.strerror or error}); "
+                           f"pass --results-dir with a writable folder") from None
+
+
+def remove_empty_dirs(path, stop):
+    """Remove ``path`` and its parents while they are empty, up to (not including) ``stop``."""
+    path, stop = Path(path), Path(stop)
+    while path != stop and stop in path.parents:
+        try:
+            path.rmdir()
+        except OSError:  # not empty (or gone): stop there
+            return
+        path = path.parent
 
 
 def run_key(model, dataset, settings, seed, data_fingerprint):

@@ -6,6 +6,7 @@ Each arrow is one call; no step reaches back into an earlier one. Used by ``run_
 import logging
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from mbrec import registry
+from mbrec import registry, utils
 from mbrec.registry import UnknownModelError
 from mbrec import results as store
 from mbrec.results import ResultsError
@@ -108,19 +109,21 @@ def plan_run(model, dataset, config_files=(), overrides=None, seed=None, data_pa
     """Settings, prepared data, run key and record path of one run, without training.
 
     Returns ``types.SimpleNamespace`` with ``settings``, ``seed``, ``canonical``, ``dataset_dir``,
-    ``key``, ``path``, ``results_dir``. Used by :func:`run` and by the Ray grid's driver (which
+    ``key``, ``path``, ``results_dir``, ``prepared_now`` (this call built the prepared copy). Used by :func:`run` and by the Ray grid's driver (which
     skips stored runs before scheduling them).
     """
     settings = merge_layers(model, dataset, config_files, overrides)
     if seed is not None:
         settings["seed"] = int(seed)
     seed = int(settings["seed"])
+    cache_root = utils.cache_dir(cache_dir)
+    cached_before = set(cache_root.iterdir()) if cache_root.is_dir() else set()
     canonical, dataset_dir = prepare_data(dataset, settings, data_path, cache_dir)
     results_dir = results_dir or store.default_results_dir()
     key = store.run_key(model, dataset_dir.name, settings, seed, read_meta(dataset_dir).get("fingerprint"))
     path = store.record_path(results_dir, model, dataset_dir.name, seed, key)
     return SimpleNamespace(settings=settings, seed=seed, canonical=canonical, dataset_dir=dataset_dir, key=key,
-                           path=path, results_dir=results_dir)
+                           path=path, results_dir=results_dir, prepared_now=dataset_dir not in cached_before)
 
 
 def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto", data_path=None,
@@ -137,6 +140,24 @@ def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto
         logger.info(f"found stored run {path}; skipping (use --rerun to train again)")
         return store.load_record(path)
 
+    try:
+        return _run_locked(model, model_class, plan, device, rerun)
+    except DatasetError:
+        # The data cannot serve this run (e.g. every interaction filtered out): the error's one line
+        # says it all, so nothing of the run stays behind, nor the prepared copy built just for it.
+        log_file = store.log_path(results_dir, model, dataset_dir.name, seed, key)
+        log_file.unlink(missing_ok=True)
+        store.remove_empty_dirs(log_file.parent, results_dir)
+        store.remove_empty_dirs(path.parent, results_dir)
+        if plan.prepared_now:
+            shutil.rmtree(dataset_dir, ignore_errors=True)
+        raise
+
+
+def _run_locked(model, model_class, plan, device, rerun):
+    """Train and record one planned run under its lock (see :func:`run`)."""
+    settings, seed, canonical, dataset_dir = plan.settings, plan.seed, plan.canonical, plan.dataset_dir
+    key, path, results_dir = plan.key, plan.path, plan.results_dir
     # One process trains a run at a time (parallel grids, Ray workers): a second one waits here,
     # then finds the record the first wrote.
     with store.run_lock(path):
@@ -155,6 +176,8 @@ def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto
                 run_log.note(f"run {key} interrupted (Ctrl+C): checkpoint deleted, no record written")
                 interrupt.run_log = log_file
                 raise
+            except DatasetError:
+                raise  # a user error, one line (see run); no traceback into the log or on the console
             except Exception as error:
                 logger.error(f"run {key} failed: {type(error).__name__}: {error}", exc_info=True)  # into the log
                 error.run_log = log_file  # the summary of a multi-run command points at it
