@@ -250,6 +250,7 @@ def test_fatsmb_runs_through_the_runner(tmp_path):
     ndcg = spread["tasks"]["behavior_specific"]["ndcg@10"]
     assert len(ndcg["values"]) == 3 and ndcg["std"] >= 0
     assert ndcg["values"][0] == pytest.approx(record["results"]["behavior_specific"]["metrics"]["ndcg@10"])
+    assert record["test_lock"]["test_evaluations"] == 3  # its own sampling seed and the 2 repeats
 
 
 def test_fatsmb_uses_the_asked_behavior_where_item_only_models_cannot(rule_data, tmp_path):

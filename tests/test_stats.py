@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
+from mbrec.reporting.evidence import pair_evidence, user_level_test, user_level_values
 from mbrec.reporting.stats import (
-    AlignmentError, RepeatFlagsMissing, adjust_pvalues, align_users, bootstrap_ci, effect_size, paired_test,
-    paired_ttest, paired_user_values, per_user_values, pooled_user_test, pooled_user_ttest, seed_ttest,
-    wilcoxon_test,
+    AlignmentError, RepeatFlagsMissing, adjust_pvalues, align_users, bootstrap_ci, effect_size, p_value_text,
+    paired_test, paired_ttest, per_user_values, seed_ttest, wilcoxon_test,
 )
 
 TASK = "behavior_specific"
@@ -108,20 +108,20 @@ def test_align_users_rejects_other_datasets_and_missing_tasks():
         align_users(record_a, record_a, "next_item")
 
 
-def test_pooled_user_ttest_pairs_same_seed_and_user():
+def test_user_level_ttest_averages_each_user_over_the_shared_seeds():
     users = [f"u{index}" for index in range(6)]
     ranks_a = {0: [0, 1, 2, 3, 30, 4], 1: [1, 0, 2, 40, 3, 0]}
     ranks_b = {0: [5, 2, 20, 3, 30, 40], 1: [9, 0, 30, 40, 12, 1]}
     records_a = {seed: make_record(users, ranks, seed=seed) for seed, ranks in ranks_a.items()}
-    # Model b stores its users in reverse order: the pooling must still pair by user token.
+    # Model b stores its users in reverse order: the averaging must still pair by user token.
     records_b = {seed: make_record(users[::-1], ranks[::-1], seed=seed) for seed, ranks in ranks_b.items()}
-    result = pooled_user_ttest(records_a, records_b, TASK, "ndcg@10")
+    result = user_level_test(records_a, records_b, TASK, "ndcg@10")
     expected = scipy_stats.ttest_rel(
-        np.concatenate([per_user_values(ranks_a[seed], "ndcg@10") for seed in (0, 1)]),
-        np.concatenate([per_user_values(ranks_b[seed], "ndcg@10") for seed in (0, 1)]))
-    assert result.n == 2 * len(users)
+        np.mean([per_user_values(ranks_a[seed], "ndcg@10") for seed in (0, 1)], axis=0),
+        np.mean([per_user_values(ranks_b[seed], "ndcg@10") for seed in (0, 1)], axis=0))
+    assert result.n == len(users)  # users, not (seed, user) pairs
     assert result.pvalue == pytest.approx(float(expected.pvalue), abs=TOLERANCE)
-    assert pooled_user_ttest(records_a, {7: records_b[0]}, TASK, "ndcg@10") is None
+    assert user_level_test(records_a, {7: records_b[0]}, TASK, "ndcg@10") is None
 
 
 def test_seed_ttest_needs_three_common_seeds():
@@ -211,12 +211,86 @@ def test_parts_pair_only_users_with_the_same_flag_in_both_runs():
     # b lists users u4, u3, u2, u1: u1 is new there, u2..u4 repeats; only u2 has a top-10 hit.
     record_b = make_record(users[::-1], [20, 20, 0, 20], repeat=[1, 1, 1, 0])
     # u1: repeat in a, new in b -> in no part; u2: repeat in both; u3, u4: new in a, repeat in b -> none
-    repeat_a, repeat_b = paired_user_values({0: record_a}, {0: record_b}, TASK, "recall@10", part="repeat")
-    assert repeat_a.tolist() == [0.0] and repeat_b.tolist() == [1.0]  # u2: rank 20 in a, rank 0 in b
-    new_a, _ = paired_user_values({0: record_a}, {0: record_b}, TASK, "recall@10", part="new")
-    assert new_a.tolist() == []
+    repeat = user_level_values({0: record_a}, {0: record_b}, TASK, "recall@10", part="repeat")
+    assert repeat.values_a.tolist() == [0.0] and repeat.values_b.tolist() == [1.0]  # u2: rank 20 in a, 0 in b
+    new = user_level_values({0: record_a}, {0: record_b}, TASK, "recall@10", part="new")
+    assert new.values_a.tolist() == []
     same_flags = make_record(users, [5, 5, 5, 5], repeat=[1, 1, 0, 0])
-    result = pooled_user_test({0: record_a}, {0: same_flags}, TASK, "recall@10", part="new")
+    result = user_level_test({0: record_a}, {0: same_flags}, TASK, "recall@10", part="new")
     assert result.n == 2 and result.mean_difference == pytest.approx(0.5 - 1.0)  # u3 hit, u4 miss vs both hit
     with pytest.raises(RepeatFlagsMissing):
-        paired_user_values({0: record_a}, {0: make_record(users, [0] * 4)}, TASK, "recall@10", part="new")
+        user_level_values({0: record_a}, {0: make_record(users, [0] * 4)}, TASK, "recall@10", part="new")
+
+
+# Two rule-based models (Pop / Recent style): the same per-user ranks under every seed.
+DETERMINISTIC_USERS = [f"u{index}" for index in range(40)]
+DETERMINISTIC_RANKS_A = [index % 13 for index in range(40)]  # hits for ranks < 10
+DETERMINISTIC_RANKS_B = [(index * 7) % 17 for index in range(40)]
+
+
+def _deterministic_runs(seeds):
+    return ({seed: make_record(DETERMINISTIC_USERS, DETERMINISTIC_RANKS_A, model="A", seed=seed) for seed in seeds},
+            {seed: make_record(DETERMINISTIC_USERS, DETERMINISTIC_RANKS_B, model="B", seed=seed) for seed in seeds})
+
+
+@pytest.mark.parametrize("test", ["ttest", "wilcoxon"])
+@pytest.mark.parametrize("metric", ["recall@10", "ndcg@10"])
+def test_deterministic_models_get_the_same_p_under_one_and_five_seeds(test, metric):
+    one = pair_evidence(*_deterministic_runs([1]), TASK, metric, test=test)
+    five = pair_evidence(*_deterministic_runs([1, 2, 3, 4, 5]), TASK, metric, test=test)
+    assert one.user_test.n == five.user_test.n == len(DETERMINISTIC_USERS)
+    assert five.user_test.pvalue == pytest.approx(one.user_test.pvalue, rel=1e-9)
+    assert 0.0 < one.user_test.pvalue < 1.0
+    # Repeating a deterministic run adds no evidence: the interval over users is unchanged too.
+    assert (five.effect.ci_low, five.effect.ci_high) == pytest.approx((one.effect.ci_low, one.effect.ci_high))
+    # Across seeds the difference is the same every time: zero variance, no p-value, and it says so.
+    assert one.seed_test is None and math.isnan(five.seed_test.pvalue) and five.seed_test.n == 5
+    assert "zero variance" in five.seed_test.reason
+
+
+def test_a_constant_non_zero_difference_gets_no_p_value_and_says_why():
+    for test in ("ttest", "wilcoxon"):
+        for a, b in (([1.0, 1.0], [0.0, 0.0]), ([0.5, 0.7, 0.9, 0.2], [0.4, 0.6, 0.8, 0.1])):
+            result = paired_test(a, b, test=test)
+            assert math.isnan(result.pvalue) and not result.significant(), (test, a)
+            assert result.reason.startswith("n/a: zero variance") and p_value_text(result, 3) == result.reason
+            assert result.mean_difference == pytest.approx(np.mean(np.subtract(a, b)))
+    # Seed averaging leaves rounding noise far below any real difference: still constant.
+    noisy = np.array([1.0, 2.0, 3.0]) / 3.0
+    assert "zero variance" in paired_ttest(noisy + 0.1, noisy + np.array([0.0, 1e-16, 0.0])).reason
+    identical = paired_ttest(SAMPLE_A, SAMPLE_A)
+    assert identical.pvalue == 1.0 and identical.reason.startswith("no difference")
+    assert p_value_text(identical, 3) == f"1 ({identical.reason})"
+
+
+def test_too_few_users_is_configurable_and_named():
+    few = paired_ttest(SAMPLE_A, SAMPLE_B, min_users=10)
+    assert math.isnan(few.pvalue) and few.reason == "n/a: 5 user(s), fewer than 10"
+    assert paired_test(SAMPLE_A, SAMPLE_B, test="wilcoxon", min_users=6).reason.startswith("n/a: 5 user(s)")
+    assert paired_ttest(SAMPLE_A, SAMPLE_B, min_users=5).pvalue == pytest.approx(KNOWN_TWO_SIDED_P, abs=TOLERANCE)
+    assert p_value_text(paired_ttest([1.0], [0.0]), 3) == "n/a: 1 user(s), fewer than 2"
+    with pytest.raises(ValueError, match="min_users"):
+        paired_ttest(SAMPLE_A, SAMPLE_B, min_users=1)
+
+
+def test_bootstrap_resamples_users_not_seed_user_pairs():
+    rng = np.random.default_rng(5)
+    users = [f"u{index}" for index in range(60)]
+    ranks_a, ranks_b = rng.integers(0, 25, 60).tolist(), rng.integers(0, 25, 60).tolist()
+    single = pair_evidence({0: make_record(users, ranks_a)}, {0: make_record(users, ranks_b)}, TASK, "ndcg@10")
+    # The same run stored under five seeds: five copies of each user are still one user each.
+    copies = pair_evidence({seed: make_record(users, ranks_a, seed=seed) for seed in range(5)},
+                           {seed: make_record(users, ranks_b, seed=seed) for seed in range(5)}, TASK, "ndcg@10")
+    width_single = single.effect.ci_high - single.effect.ci_low
+    assert width_single > 0
+    assert copies.effect.ci_high - copies.effect.ci_low == pytest.approx(width_single, rel=1e-9)
+    assert copies.effect.n == single.effect.n == len(users)
+
+
+def test_user_level_values_average_by_token_and_drop_users_missing_under_a_seed():
+    records_a = {0: make_record(["u1", "u2", "u3"], [0, 20, 20]), 1: make_record(["u3", "u1", "u9"], [0, 20, 0])}
+    records_b = {0: make_record(["u1", "u2", "u3"], [20, 20, 20]), 1: make_record(["u1", "u3", "u9"], [20, 20, 20])}
+    values = user_level_values(records_a, records_b, TASK, "recall@10", tolerance=0.5)
+    assert values.users == ["u1", "u3"] and values.dropped_users == 2  # u2 only under seed 0, u9 only under 1
+    assert values.values_a.tolist() == [0.5, 0.5] and values.values_b.tolist() == [0.0, 0.0]
+    assert values.seeds == (0, 1) and values.seed_means_a == (0.5, 0.5)

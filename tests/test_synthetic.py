@@ -172,3 +172,19 @@ def test_all_sizes_defined():
         assert {"n_users", "n_items", "n_categories", "mean_interactions"} <= set(p)
     ij = syn.SIZES["ijcai"]
     assert ij["n_users"] * ij["mean_interactions"] >= 25_000_000
+
+
+def test_every_generator_module_is_in_the_prepared_cache_fingerprint():
+    """The generator's source stands in for raw data: editing any module that makes rows or item
+    vectors must invalidate prepared caches, whichever module of the package it is in."""
+    import inspect
+    from pathlib import Path
+
+    from mbrec.data.prepare import dataset_spec, effective_options, locate_raw_files
+
+    spec = dataset_spec("synthetic")
+    fingerprinted = {Path(path).resolve() for path in locate_raw_files(spec, effective_options(spec, {})).values()}
+    defining = {Path(inspect.getsourcefile(getattr(syn, name))).resolve()
+                for name in syn.__all__ if callable(getattr(syn, name))}
+    assert len(defining) > 1  # the generator spans several modules
+    assert defining <= fingerprinted

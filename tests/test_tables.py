@@ -4,12 +4,14 @@ import csv
 import hashlib
 import io
 import json
+import math
 
 import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
 from mbrec.results import record_path, save_record
+from mbrec.reporting.compare import compare_runs, resolve_run
 from mbrec.reporting.stats import per_user_values
 from mbrec.reporting.tables import (
     EMPTY, MISSING, MISSING_MARK, NA_MARK, NOT_APPLICABLE, SELECTION_NOTE, UNKNOWN, UNKNOWN_MARK, VALUE, PartCount,
@@ -131,7 +133,7 @@ def test_star_follows_the_paired_per_user_test():
     assert not cell(strict, "Strong", "ndcg@10").star
 
 
-def test_star_pools_seeds_and_dagger_uses_across_seed_test():
+def test_star_averages_users_over_seeds_and_dagger_uses_across_seed_test():
     rng = np.random.default_rng(1)
     n_users, seeds = 30, (0, 1, 2)
     strong = {seed: rng.integers(0, 6, n_users).tolist() for seed in seeds}
@@ -140,10 +142,11 @@ def test_star_pools_seeds_and_dagger_uses_across_seed_test():
                + [make_record("Weak", {TASK: weak[seed]}, seed=seed) for seed in seeds])
     table = build_table(records, metrics=("ndcg@10",), show_std=True)
     best = cell(table, "Strong", "ndcg@10")
-    pooled = scipy_stats.ttest_rel(np.concatenate([per_user_values(strong[seed], "ndcg@10") for seed in seeds]),
-                                   np.concatenate([per_user_values(weak[seed], "ndcg@10") for seed in seeds]))
-    assert best.user_test.n == n_users * len(seeds)
-    assert best.user_test.pvalue == pytest.approx(float(pooled.pvalue), abs=TOLERANCE)
+    # n = users: each user's value averaged over the three seeds, not 3 x 30 (seed, user) pairs
+    user_level = scipy_stats.ttest_rel(np.mean([per_user_values(strong[seed], "ndcg@10") for seed in seeds], axis=0),
+                                       np.mean([per_user_values(weak[seed], "ndcg@10") for seed in seeds], axis=0))
+    assert best.user_test.n == n_users
+    assert best.user_test.pvalue == pytest.approx(float(user_level.pvalue), abs=TOLERANCE)
     seed_means_strong = [per_user_values(strong[seed], "ndcg@10").mean() for seed in seeds]
     seed_means_weak = [per_user_values(weak[seed], "ndcg@10").mean() for seed in seeds]
     across = scipy_stats.ttest_rel(seed_means_strong, seed_means_weak)
@@ -384,7 +387,7 @@ def test_wilcoxon_option_and_effect_sizes():
     assert "Wilcoxon signed-rank" in " ".join(table.footnote)
     row = next(row for row in csv.DictReader(io.StringIO(to_csv(table))) if row["model"] == "Strong")
     assert float(row["difference"]) == pytest.approx(best.effect.mean_difference)
-    assert row["test"] == "wilcoxon" and row["correction"] == "holm" and row["n_pairs"] == "50"
+    assert row["test"] == "wilcoxon" and row["correction"] == "holm" and row["n_users"] == "50"
     markdown = to_markdown(table)
     assert "| ds | ndcg@10 | Strong | Weak |" in markdown and "p (Holm)" in markdown
 
@@ -425,7 +428,14 @@ def test_split_repeat_tables_values_counts_and_unknown_records():
     assert cell(tables["repeat"], "Old").status == UNKNOWN and cell(tables["new"], "Old").status == UNKNOWN
     # the tests run on each part's users only: 2 repeat pairs, 3 new pairs
     assert cell(tables["repeat"], "Copy").user_test.n == 2 and cell(tables["new"], "Explore").user_test.n == 3
-    assert tables["repeat"].family_size == tables["new"].family_size == 2  # one family over both parts
+    # Each part has one side hitting every user and the other none: a constant difference, which
+    # gets no p-value (zero variance), so no comparison enters the family.
+    assert tables["repeat"].family_size == tables["new"].family_size == 0
+    assert cell(tables["repeat"], "Copy").user_test.reason.startswith("n/a: zero variance")
+    varied = build_split_tables([make_record("Copy", {TASK: [0, 1, MISS, MISS, 0]}, repeat=SPLIT_FLAGS),
+                                 make_record("Explore", {TASK: [MISS, 1, 0, 2, 3]}, repeat=SPLIT_FLAGS)],
+                                metrics=("recall@10",))
+    assert varied["repeat"].family_size == varied["new"].family_size == 2  # one family over both parts
     counts = repeat_counts(records, TASK)
     assert counts[("Copy", "ds")] == {0: PartCount(2, 3)} and not counts[("Old", "ds")][0].known
     markdown = split_repeat_to_markdown(tables, counts)
@@ -475,3 +485,113 @@ def test_footnote_says_which_runs_were_id_only_and_which_used_modal_features():
     assert "Modal item features used: M3BSR on taobao (category)." in footnote
     assert "SASRec" not in footnote.split("ID-only")[1]
     assert "ID-only" not in " ".join(build_table([plain], metrics=("recall@10",)).footnote)
+
+
+
+def _deterministic_records(seeds, ranks_a, ranks_b):
+    """Two rule-based models (Pop / Recent style): the same per-user ranks under every seed."""
+    return ([make_record("Pop", {TASK: ranks_a}, seed=seed) for seed in seeds]
+            + [make_record("Recent", {TASK: ranks_b}, seed=seed) for seed in seeds])
+
+
+DETERMINISTIC_A = [index % 12 for index in range(50)]
+DETERMINISTIC_B = [(index * 7) % 19 for index in range(50)]
+
+
+def test_deterministic_models_get_the_same_p_and_star_under_one_and_five_seeds():
+    metrics = ("recall@10", "ndcg@10")
+    one = build_table(_deterministic_records([1], DETERMINISTIC_A, DETERMINISTIC_B), metrics=metrics)
+    five = build_table(_deterministic_records([1, 2, 3, 4, 5], DETERMINISTIC_A, DETERMINISTIC_B), metrics=metrics)
+    for metric in metrics:
+        single, repeated = cell(one, "Pop", metric), cell(five, "Pop", metric)
+        assert repeated.user_test.n == single.user_test.n == len(DETERMINISTIC_A)
+        assert repeated.user_test.pvalue == pytest.approx(single.user_test.pvalue, rel=1e-9)
+        assert repeated.user_p_adjusted == pytest.approx(single.user_p_adjusted, rel=1e-9)
+        assert repeated.star == single.star
+        # the same difference under every seed: nothing for the across-seed test to estimate
+        assert not repeated.seed_star and "zero variance" in repeated.seed_test.reason
+    assert "n = users (seed-averaged)" in " ".join(five.footnote)
+    assert "across-seed paired t-test on the per-seed means" in " ".join(five.footnote)
+
+
+def test_a_constant_difference_gets_no_star_and_the_table_says_why():
+    # Pop hits every user at rank 0, Recent misses every user: the same difference for all users.
+    records = _deterministic_records([1, 2, 3], [0] * 6, [MISS] * 6)
+    table = build_table(records, metrics=("recall@10",))
+    best = cell(table, "Pop")
+    assert best.best and not best.star and not best.seed_star
+    assert math.isnan(best.user_test.pvalue) and best.user_test.reason.startswith("n/a: zero variance")
+    markdown = to_markdown(table)
+    assert "n/a: zero variance (every difference is +1)" in markdown
+    row = next(row for row in csv.DictReader(io.StringIO(to_csv(table))) if row["model"] == "Pop")
+    assert row["p_user"] == "" and row["p_user_note"].startswith("n/a: zero variance") and row["star"] == "0"
+    too_few = build_table(_deterministic_records([1], [0, 3, 20], [20, 0, 20]), metrics=("recall@10",), min_users=5)
+    assert cell(too_few, "Pop").user_test.reason == "n/a: 3 user(s), fewer than 5"
+
+
+def test_table_and_compare_give_the_same_p_for_the_same_pair(tmp_path):
+    rng = np.random.default_rng(8)
+    seeds, n_users = (1, 2, 3), 40
+    user_skill = rng.integers(0, 15, n_users)  # users stay easy or hard under every seed
+    for seed in seeds:
+        store(tmp_path, make_record("Strong", {TASK: (user_skill + rng.integers(0, 4, n_users)).tolist()}, seed=seed))
+        store(tmp_path, make_record("Weak", {TASK: (user_skill + rng.integers(2, 9, n_users)).tolist()}, seed=seed))
+    records, _ = collect_records(tmp_path)
+    for test in ("ttest", "wilcoxon"):
+        table = build_table(records, metrics=("ndcg@10",), test=test)
+        best = cell(table, "Strong", "ndcg@10")
+        rows, _ = compare_runs(resolve_run("Strong/ds", tmp_path), resolve_run("Weak/ds", tmp_path),
+                               tasks=[TASK], metrics=("ndcg@10",), test=test)
+        assert rows[0].test.pvalue == pytest.approx(best.user_test.pvalue, rel=1e-12)
+        assert rows[0].test.n == best.user_test.n == n_users
+        assert rows[0].seed_test.pvalue == pytest.approx(best.seed_test.pvalue, rel=1e-9)
+        assert (rows[0].effect.ci_low, rows[0].effect.ci_high) == (best.effect.ci_low, best.effect.ci_high)
+
+
+def _recorded_protocol(record, **changes):
+    """Give ``record`` a protocol as the runner stores it, with ``changes`` to its settings."""
+    from mbrec.protocol import protocol_fingerprint, protocol_of
+
+    settings = {"eval_tasks": [TASK], "topk": [5, 10, 20], "valid_task": TASK, "valid_metric": "ndcg@10",
+                **changes}
+    record["protocol"] = protocol_of(record["dataset"], "inter-sha256:abc", record["heldout"], settings)
+    record["protocol_fingerprint"] = protocol_fingerprint(record["protocol"])
+    return record
+
+
+def test_a_masked_and_an_unmasked_run_are_never_averaged_into_one_cell(tmp_path, capsys):
+    """Issue 18: a masked and an unmasked run of one model were averaged into one starred cell."""
+    from mbrec.protocol import ProtocolMismatch
+
+    store(tmp_path, _recorded_protocol(make_record("A", {TASK: [0, 0, 1, 2]}, seed=0)))
+    store(tmp_path, _recorded_protocol(make_record("A", {TASK: [0, 0, 0, 0]}, seed=1), mask_history=True))
+    store(tmp_path, _recorded_protocol(make_record("B", {TASK: [5, 7, 30, 40]}, seed=0)))
+    records, _ = collect_records(tmp_path)
+    with pytest.raises(ProtocolMismatch, match=r"ds: protocol \w+ \(A seed 1 .*mask_history: False vs True"):
+        build_table(records)
+    assert table_main(["--results-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert "different protocols" in error and "mask_history: False vs True" in error and "--by-protocol" in error
+
+    code = table_main(["--results-dir", str(tmp_path), "--out", str(tmp_path / "out"), "--by-protocol",
+                       "--metrics", "recall@10"])
+    output = capsys.readouterr().out
+    assert code == 0 and "ds is shown under 2 protocols differing in: mask_history" in output
+    masked = next(record for record in records if record["seed"] == 1)["protocol_fingerprint"]
+    header = next(line for line in output.splitlines() if line.startswith("| Model"))
+    assert f"ds [{masked[:8]}]" in header and header.count("ds [") == 2
+    unmasked = records[0]["protocol_fingerprint"]
+    assert table_main(["--results-dir", str(tmp_path), "--out", str(tmp_path / "out"), "--protocol",
+                       unmasked[:6]]) == 0
+
+
+def test_the_footnote_says_which_of_several_records_it_used_and_why(tmp_path):
+    store(tmp_path, make_record("A", {TASK: [MISS, MISS]}, created="2024-01-01T00:00:00+00:00"))
+    newest = store(tmp_path, make_record("A", {TASK: [0, 0]}, created="2024-06-01T00:00:00+00:00"))
+    store(tmp_path, _recorded_protocol(make_record("A", {TASK: [1, 1]}, created="2024-07-01T00:00:00+00:00"),
+                                       mask_history=True))
+    records, _ = collect_records(tmp_path)
+    assert len(records) == 2  # one per protocol: the masked run is not a newer copy of the unmasked one
+    table = build_table([record for record in records if "protocol" not in record])
+    choice = next(line for line in table.footnote if line.startswith("Record choice"))
+    assert f"using {newest} (the newest, created 2024-06-01" in choice and "2 records for A on ds seed 0" in choice

@@ -76,6 +76,7 @@ def test_the_record_names_the_checkpoint_test_was_evaluated_on(tmp_path, touched
     assert lock["valid_value"] == pytest.approx(record["training"]["best_valid_score"])
     assert lock["valid_value"] == max(entry["valid_score"] for entry in record["training"]["history"])
     assert lock["valid_metric"] == "ndcg@10" and lock["selected_on"] == "valid"
+    assert lock["test_evaluations"] == 1
 
 
 # ----- loader prefetching, data-wait accounting, bf16 -------------------------------------------

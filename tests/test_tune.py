@@ -13,6 +13,7 @@ from ray import tune as ray_tune  # noqa: E402
 
 from mbrec import results as store  # noqa: E402
 from mbrec.benchmark import tune  # noqa: E402
+from mbrec.benchmark.tune.trial import _fit_trial  # noqa: E402
 from mbrec.utils import REPO_DIR  # noqa: E402
 
 GRIDS = Path(__file__).parent / "grids"
@@ -149,6 +150,6 @@ def test_a_trial_never_builds_or_evaluates_test(tmp_path, monkeypatch):
     spec = {"model": "SASRec", "dataset": "synthetic", "config_files": [], "data_path": None,
             "cache_dir": str(tmp_path / "cache"), "device": "cpu"}
     overrides = {**TINY, "epochs": 2, "hidden_size": 16}
-    tune._fit_trial(spec, overrides, {"hidden_size": 16}, tmp_path / "trial", FakeTune)
+    _fit_trial(spec, overrides, {"hidden_size": 16}, tmp_path / "trial", FakeTune)
     assert "test" not in built_splits and {"train", "valid"} <= set(built_splits)
     assert evaluated == ["valid", "valid"] and len(reports) == 2  # one validation per epoch, each reported

@@ -17,9 +17,10 @@ import time
 import yaml
 
 from mbrec.data.prepare import (
-    HELDOUT_MODES, META_FILE, READERS, DataPreparationError, dataset_spec, effective_options,
+    HELDOUT_MODES, META_FILE, DataPreparationError, dataset_spec, effective_options,
     fingerprint, locate_raw_files, prepare, read_meta, registered_names, variant_name,
 )
+from mbrec.data.readers import FORMATS
 from mbrec.utils import CACHE_DIR_ENV, DATA_DIR_ENV, data_dir
 from mbrec.utils import cache_dir as cache_root
 
@@ -47,7 +48,7 @@ def build_parser():
     prep.add_argument("--data-path", help="root of raw data (default $MBREC_DATA_DIR)")
     prep.add_argument("--cache-dir", help="root of prepared data (default $MBREC_CACHE_DIR or ~/.cache/mbrec)")
     prep.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
-    prep.add_argument("--format", choices=sorted(READERS), help="raw format (default from the YAML)")
+    prep.add_argument("--format", choices=sorted(FORMATS), help="raw format (default from the YAML)")
     prep.add_argument("--heldout", choices=HELDOUT_MODES, help="format A held-out items")
     prep.add_argument("--size", help="synthetic dataset size")
     prep.add_argument("--seed", type=int, help="synthetic dataset seed")

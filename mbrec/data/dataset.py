@@ -25,6 +25,7 @@ import queue
 import threading
 
 import numpy as np
+import pandas as pd
 import torch
 from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
@@ -91,6 +92,16 @@ class MultiBehaviorSequentialDataset(SequentialDataset):
     def _remap_ID_all(self):
         super()._remap_ID_all()
         self._order_behavior_ids()
+
+    def _change_feat_format(self):
+        # Order by exact time while timestamps are still float64 (pandas): RecBole then converts them
+        # to float32, whose spacing at Unix times is 128 s, and data_augmentation's sort could no
+        # longer tell apart interactions less than 128 s apart. Stable, so ties keep the file order
+        # (the protocol's tie rule); the later float32 sort is stable and keeps this order.
+        uid, time = self.config["USER_ID_FIELD"], self.config["TIME_FIELD"]
+        if isinstance(self.inter_feat, pd.DataFrame) and time in self.inter_feat:
+            self.inter_feat = self.inter_feat.sort_values([uid, time], kind="stable").reset_index(drop=True)
+        super()._change_feat_format()
 
     def _order_behavior_ids(self):
         """Re-number behavior ids by the configured vocabulary (RecBole numbers by first appearance)."""

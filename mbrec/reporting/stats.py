@@ -2,15 +2,18 @@
 
 * :func:`paired_ttest` wraps ``scipy.stats.ttest_rel``, :func:`wilcoxon_test` wraps
   ``scipy.stats.wilcoxon`` (both two-sided by default); :func:`paired_test` picks one by name.
+  Degenerate inputs get no p-value and a ``reason`` instead (too few users, zero variance of
+  the differences); identical vectors get p = 1 with a reason.
 * :func:`adjust_pvalues` corrects a family of p-values (Holm, Benjamini-Hochberg, none).
 * :func:`bootstrap_ci` and :func:`effect_size`: mean paired difference, its percentile
-  bootstrap confidence interval (resampling users, seeded) and the relative improvement.
+  bootstrap confidence interval (resampling the entries given, seeded) and the relative improvement.
 * :func:`align_users` pairs two runs' per-user ranks on the same test users, and refuses to
   pair runs whose user sets differ (a different split must never be compared silently).
-* :func:`per_user_values` turns aligned ranks into per-user metric values; pooled over seeds
-  (same seed, same user) by :func:`paired_user_values` / :func:`pooled_user_test`, optionally
-  on the repeat or the new-item targets only.
+* :func:`per_user_values` turns aligned ranks into per-user metric values.
 * :func:`seed_ttest` pairs per-seed means by seed, only when enough common seeds exist.
+
+How several seeds become one test (users averaged over seeds, n = users) is
+``mbrec.reporting.evidence``.
 """
 
 import math
@@ -37,13 +40,27 @@ CORRECTION_NAMES = {"holm": "Holm", "bh": "Benjamini-Hochberg", "none": "no corr
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_BOOTSTRAP_RESAMPLES = 2000
 DEFAULT_BOOTSTRAP_SEED = 2024
+# A multinomial draw per distinct value costs about as much as gathering 3.3 entries by index
+# (measured, numpy 2.4): the bootstrap draws counts per value only when values are this few.
+MULTINOMIAL_COST_PER_VALUE = 4
+# Entries gathered per chunk of index resamples (32 MB of int64 indices), so memory stays flat.
+BOOTSTRAP_CHUNK_ENTRIES = 1 << 22
 # Parts of the test users by the repeat flag (target item in the input window or not).
 REPEAT, NEW = "repeat", "new"
 PARTS = (REPEAT, NEW)
 # Fewer common seeds than this and an across-seed t-test says nothing useful: it is skipped.
 MIN_SEEDS_FOR_SEED_TEST = 3
-# A paired t-test needs at least two pairs to estimate the variance of the differences.
+# A paired t-test needs at least two pairs to estimate the variance of the differences; a caller
+# may ask for more users than that before a p-value is given (``min_users``).
 MIN_PAIRS_FOR_TTEST = 2
+DEFAULT_MIN_USERS = MIN_PAIRS_FOR_TTEST
+# Differences whose spread is at most this are constant. Metric values lie in [0, 1]; averaging a
+# user's value over seeds leaves rounding of ~1e-16, which must not pass for real variation.
+CONSTANT_DIFFERENCE_TOLERANCE = 1e-12
+# Why a paired test gave no p-value (or p = 1 without computing anything); shown in the cell.
+TOO_FEW_USERS = "n/a: {n} user(s), fewer than {minimum}"
+ZERO_VARIANCE = "n/a: zero variance (every difference is {difference:+.4g})"
+NO_DIFFERENCE = "no difference: every user scores the same under both"
 # Largest fraction of the union of two runs' test users that may be missing from either run
 # before the runs are declared incomparable. 0 = the user sets must be identical.
 DEFAULT_USER_MISMATCH_TOLERANCE = 0.0
@@ -62,7 +79,9 @@ class PairedTestResult:
     """Outcome of a paired test of ``a`` against ``b`` (``test`` is one of :data:`TESTS`).
 
     ``mean_difference`` is ``mean(a - b)``: positive when ``a`` is higher on average.
-    ``statistic`` and ``pvalue`` are NaN when there are too few pairs to test.
+    ``statistic`` and ``pvalue`` are NaN when the data cannot be tested (too few pairs, zero
+    variance of the differences); ``reason`` then says why, in words for a table cell. It is
+    also set for identical vectors (p = 1 by convention, not computed), else empty.
     """
 
     statistic: float
@@ -71,6 +90,7 @@ class PairedTestResult:
     n: int
     alternative: str = "two-sided"
     test: str = DEFAULT_TEST
+    reason: str = ""
 
     def significant(self, alpha=DEFAULT_ALPHA):
         """True when ``pvalue < alpha`` (False for an untestable NaN p-value)."""
@@ -91,51 +111,61 @@ def _paired_vectors(a, b, alternative, test):
     return a, b
 
 
-def _guarded_paired_test(a, b, alternative, name, caller, scipy_test):
+def _guarded_paired_test(a, b, alternative, name, caller, scipy_test, min_users=DEFAULT_MIN_USERS):
     """Shared edge cases of the paired tests, then ``scipy_test(a, b)`` for the rest.
 
-    Fewer than :data:`MIN_PAIRS_FOR_TTEST` pairs -> statistic and p-value NaN; all differences
-    zero -> statistic 0, p-value 1 (no evidence of any difference).
+    Fewer than ``min_users`` pairs -> statistic and p-value NaN; all differences zero ->
+    statistic 0, p-value 1 (no evidence of any difference); every difference the same non-zero
+    value -> NaN: a t statistic divides by a zero standard deviation (scipy answers p = 0 even
+    for two users) and no variance means no sampling error can be estimated. Each of these
+    cases says why in ``reason``.
     """
+    if min_users < MIN_PAIRS_FOR_TTEST:
+        raise ValueError(f"min_users must be at least {MIN_PAIRS_FOR_TTEST}, got {min_users}")
     a, b = _paired_vectors(a, b, alternative, caller)
     n = int(a.size)
-    mean_difference = float(np.mean(a - b)) if n else math.nan
-    if n < MIN_PAIRS_FOR_TTEST:
-        return PairedTestResult(math.nan, math.nan, mean_difference, n, alternative, name)
-    if np.all(a == b):
-        return PairedTestResult(0.0, 1.0, 0.0, n, alternative, name)
+    differences = a - b
+    mean_difference = float(np.mean(differences)) if n else math.nan
+    if n < min_users:
+        return PairedTestResult(math.nan, math.nan, mean_difference, n, alternative, name,
+                                TOO_FEW_USERS.format(n=n, minimum=min_users))
+    if np.all(np.abs(differences) <= CONSTANT_DIFFERENCE_TOLERANCE):
+        return PairedTestResult(0.0, 1.0, 0.0, n, alternative, name, NO_DIFFERENCE)
+    if np.ptp(differences) <= CONSTANT_DIFFERENCE_TOLERANCE:
+        return PairedTestResult(math.nan, math.nan, mean_difference, n, alternative, name,
+                                ZERO_VARIANCE.format(difference=mean_difference))
     outcome = scipy_test(a, b)
     return PairedTestResult(float(outcome.statistic), float(outcome.pvalue), mean_difference, n, alternative, name)
 
 
-def paired_ttest(a, b, alternative="two-sided"):
+def paired_ttest(a, b, alternative="two-sided", min_users=DEFAULT_MIN_USERS):
     """Paired t-test of ``a`` vs ``b`` (``scipy.stats.ttest_rel``).
 
     Args:
         a, b: equally long sequences of paired observations (e.g. per-user NDCG@10).
         alternative: ``"two-sided"`` (default), ``"greater"`` (a > b) or ``"less"`` (a < b).
+        min_users: fewer pairs than this get no p-value (at least 2).
 
     Returns:
-        :class:`TTestResult`. Edge cases scipy leaves as NaN are made explicit: fewer than
-        :data:`MIN_PAIRS_FOR_TTEST` pairs -> statistic and p-value NaN; all differences zero
-        (identical vectors) -> statistic 0 and p-value 1, since there is no evidence of any
-        difference.
+        :class:`TTestResult`. Edge cases are made explicit (see ``reason``): fewer than
+        ``min_users`` pairs or a constant non-zero difference -> statistic and p-value NaN;
+        all differences zero (identical vectors) -> statistic 0 and p-value 1, since there is
+        no evidence of any difference.
     """
     def ttest_rel(a, b):
-        with warnings.catch_warnings():
-            # Constant non-zero differences give an infinite statistic; scipy warns, the answer is right.
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return scipy_stats.ttest_rel(a, b, alternative=alternative)
+        return scipy_stats.ttest_rel(a, b, alternative=alternative)
 
-    return _guarded_paired_test(a, b, alternative, "ttest", "paired_ttest", ttest_rel)
+    return _guarded_paired_test(a, b, alternative, "ttest", "paired_ttest", ttest_rel, min_users)
 
 
-def wilcoxon_test(a, b, alternative="two-sided"):
+def wilcoxon_test(a, b, alternative="two-sided", min_users=DEFAULT_MIN_USERS):
     """Wilcoxon signed-rank test of ``a`` vs ``b`` (``scipy.stats.wilcoxon``).
 
     Zero differences (users both runs score alike, e.g. both miss) are dropped before ranking
     (scipy's default ``zero_method="wilcox"``); ``n`` still counts every pair. Fewer than
-    :data:`MIN_PAIRS_FOR_TTEST` pairs -> NaN; all differences zero -> statistic 0, p-value 1.
+    ``min_users`` pairs or one constant non-zero difference -> NaN (the same rule as the
+    t-test, so switching tests never turns an untestable comparison into a star); all
+    differences zero -> statistic 0, p-value 1.
     """
     def wilcoxon(a, b):
         with warnings.catch_warnings():
@@ -144,17 +174,30 @@ def wilcoxon_test(a, b, alternative="two-sided"):
             warnings.simplefilter("ignore", RuntimeWarning)
             return scipy_stats.wilcoxon(a, b, alternative=alternative)
 
-    return _guarded_paired_test(a, b, alternative, "wilcoxon", "wilcoxon_test", wilcoxon)
+    return _guarded_paired_test(a, b, alternative, "wilcoxon", "wilcoxon_test", wilcoxon, min_users)
 
 
 _TEST_FUNCTIONS = {"ttest": paired_ttest, "wilcoxon": wilcoxon_test}
 
 
-def paired_test(a, b, test=DEFAULT_TEST, alternative="two-sided"):
+def paired_test(a, b, test=DEFAULT_TEST, alternative="two-sided", min_users=DEFAULT_MIN_USERS):
     """The paired test named ``test`` (one of :data:`TESTS`) of ``a`` vs ``b``."""
     if test not in _TEST_FUNCTIONS:
         raise ValueError(f"test must be one of {TESTS}, got {test!r}")
-    return _TEST_FUNCTIONS[test](a, b, alternative)
+    return _TEST_FUNCTIONS[test](a, b, alternative, min_users)
+
+
+def p_value_text(result, digits):
+    """A test's p-value as a table shows it: ``digits`` significant digits, or why there is none.
+
+    None (no test run) -> an empty string; the caller draws its own missing mark.
+    """
+    if result is None:
+        return ""
+    if math.isnan(result.pvalue):
+        return result.reason or "n/a"
+    text = f"{result.pvalue:.{digits}g}"
+    return f"{text} ({result.reason})" if result.reason else text
 
 
 def adjust_pvalues(pvalues, method=DEFAULT_CORRECTION):
@@ -196,10 +239,10 @@ def bootstrap_ci(differences, confidence=DEFAULT_CONFIDENCE, n_resamples=DEFAULT
                  seed=DEFAULT_BOOTSTRAP_SEED):
     """Percentile bootstrap confidence interval of the mean of paired ``differences``.
 
-    Each resample draws ``n`` users with replacement. Drawing users uniformly is the same as
-    drawing how often each distinct difference value occurs from a multinomial with the
-    values' frequencies, which is what is done: exact, and cheap for rank-based metrics, whose
-    per-user differences take few distinct values even for hundreds of thousands of users.
+    Each resample draws ``n`` entries (users) with replacement. When the differences take few
+    distinct values (rank metrics of one seed), drawing how often each value occurs from a
+    multinomial with the values' frequencies is the same draw and much cheaper; when they take
+    many (values averaged over seeds), the entries are drawn by index, in chunks.
 
     Returns:
         ``(low, high)``; NaN for no differences, the value itself for one.
@@ -214,8 +257,14 @@ def bootstrap_ci(differences, confidence=DEFAULT_CONFIDENCE, n_resamples=DEFAULT
     if len(values) == 1:
         return float(values[0]), float(values[0])
     rng = np.random.default_rng(seed)
-    drawn = rng.multinomial(n, counts / n, size=int(n_resamples))  # [n_resamples, n_values]
-    means = drawn @ values / n  # [n_resamples]
+    if len(values) * MULTINOMIAL_COST_PER_VALUE <= n:
+        drawn = rng.multinomial(n, counts / n, size=int(n_resamples))  # [n_resamples, n_values]
+        means = drawn @ values / n  # [n_resamples]
+    else:
+        rows_per_chunk = max(1, BOOTSTRAP_CHUNK_ENTRIES // n)
+        means = np.concatenate([
+            differences[rng.integers(0, n, size=(min(rows_per_chunk, int(n_resamples) - start), n))].mean(axis=1)
+            for start in range(0, int(n_resamples), rows_per_chunk)])
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return float(low), float(high)
@@ -370,63 +419,12 @@ def per_user_values(ranks, metric):
     return metric_vectors(ranks, metrics=(name,), topk=(cutoff,))[f"{name}@{cutoff}"]
 
 
-def paired_user_values(records_a_by_seed, records_b_by_seed, task, metric, part=None,
-                       tolerance=DEFAULT_USER_MISMATCH_TOLERANCE):
-    """Per-user ``metric`` values of two models, paired (same seed, same user), pooled over common seeds.
-
-    Args:
-        records_a_by_seed, records_b_by_seed: ``{seed: record}`` of the two models.
-        part: None (all users), ``"repeat"`` or ``"new"`` (see :meth:`AlignedRanks.part_mask`).
-
-    Returns:
-        ``(values_a, values_b)`` numpy vectors, or None when the models share no seed.
-
-    Raises:
-        AlignmentError: see :func:`align_users`; RepeatFlagsMissing when ``part`` is asked of a
-        record without repeat flags.
-    """
-    common_seeds = sorted(set(records_a_by_seed) & set(records_b_by_seed))
-    if not common_seeds:
-        return None
-    values_a, values_b = [], []
-    for seed in common_seeds:
-        aligned = align_users(records_a_by_seed[seed], records_b_by_seed[seed], task, tolerance)
-        ranks_a, ranks_b = aligned.ranks_a, aligned.ranks_b
-        if part is not None:
-            mask = aligned.part_mask(part)
-            ranks_a, ranks_b = ranks_a[mask], ranks_b[mask]
-        values_a.append(per_user_values(ranks_a, metric))
-        values_b.append(per_user_values(ranks_b, metric))
-    return np.concatenate(values_a), np.concatenate(values_b)
-
-
-def pooled_user_test(records_a_by_seed, records_b_by_seed, task, metric, test=DEFAULT_TEST,
-                     alternative="two-sided", part=None, tolerance=DEFAULT_USER_MISMATCH_TOLERANCE):
-    """Paired test (``test`` of :data:`TESTS`) on per-user values pooled over the common seeds.
-
-    Pairs are (same seed, same user); with one seed this is the plain per-user test.
-
-    Returns:
-        :class:`PairedTestResult` of a vs b, or None when the models share no seed.
-
-    Raises:
-        AlignmentError: see :func:`paired_user_values`.
-    """
-    values = paired_user_values(records_a_by_seed, records_b_by_seed, task, metric, part, tolerance)
-    return None if values is None else paired_test(*values, test=test, alternative=alternative)
-
-
-def pooled_user_ttest(records_a_by_seed, records_b_by_seed, task, metric, alternative="two-sided",
-                      tolerance=DEFAULT_USER_MISMATCH_TOLERANCE):
-    """:func:`pooled_user_test` with the paired t-test, on all users."""
-    return pooled_user_test(records_a_by_seed, records_b_by_seed, task, metric, "ttest", alternative,
-                            tolerance=tolerance)
-
-
 def seed_ttest(values_a_by_seed, values_b_by_seed, alternative="two-sided", min_seeds=MIN_SEEDS_FOR_SEED_TEST):
     """Paired t-test across seeds: ``{seed: value}`` of two models, paired by seed.
 
-    Returns None when fewer than ``min_seeds`` seeds are common to both (default 3).
+    Returns None when fewer than ``min_seeds`` seeds are common to both (default 3). ``n`` is the
+    number of shared seeds; a difference that is the same under every seed (deterministic
+    models) is a zero-variance case and gets no p-value.
     """
     common_seeds = sorted(set(values_a_by_seed) & set(values_b_by_seed))
     if len(common_seeds) < min_seeds:

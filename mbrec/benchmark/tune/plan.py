@@ -1,0 +1,149 @@
+"""Planning a sweep: everything checked before Ray starts (the grid, its names against the model's
+config, the sweep options, the data), the sweep's spec and folder, and Ray's parameter space."""
+
+import copy
+import hashlib
+import json
+import math
+from pathlib import Path
+
+from mbrec import registry
+from mbrec import results as store
+from mbrec.benchmark.runner import prepare_data
+from mbrec.benchmark.search_space import (CHOICE, GRID, LOGUNIFORM, QUNIFORM, UNIFORM, Param, SearchSpace,
+                                          check_names, default_grid_file, load_search_space, sweep_defaults)
+from mbrec.config import ConfigError, build_config, merge_layers
+from mbrec.utils import data_dir
+
+RAY_INSTALL_HINT = ('Ray Tune is not installed; sweeps need the optional extra: pip install -e ".[tune]" '
+                    '(or pip install "ray[tune]>=2.40")')
+SWEEPS_DIRNAME = "sweeps"
+TRIALS_DIRNAME = "trials"        # Ray's experiment folder inside the sweep folder
+SPEC_FILE = "sweep.json"         # what the sweep runs; written before Ray starts, read by --resume
+METRIC = "valid_score"           # the key trials report; the config's valid_metric on valid_task
+MODE = "max"                     # every valid_metric (Recall, NDCG, MRR) is better when higher
+SPEC_VERSION = 1
+NAME_HASH_LENGTH = 8
+OPTION_KEYS = ("num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "scheduler", "grace_period",
+               "reduction_factor", "max_failures", "local_num_cpus")
+SAMPLING_OPTION_KEYS = ("num_samples", "scheduler", "grace_period", "reduction_factor")
+SCHEDULERS = ("asha", "fifo")
+
+
+class TuneNotInstalledError(RuntimeError):
+    """Ray Tune is missing; the message says how to install it."""
+
+
+def require_ray():
+    """Import Ray and Ray Tune, or raise :class:`TuneNotInstalledError` with the install command."""
+    try:
+        import ray
+        from ray import tune
+    except ImportError as error:
+        raise TuneNotInstalledError(f"{RAY_INSTALL_HINT} ({error})") from None
+    return ray, tune
+
+
+def sweep_options(space, cli_options=None):
+    """Sweep options: ``properties/tune.yaml`` < the grid's ``tune:`` block < command-line flags."""
+    options = dict(sweep_defaults())
+    for source, layer in (("the grid file's 'tune:' block", space.options),
+                          ("the command line", {k: v for k, v in (cli_options or {}).items() if v is not None})):
+        unknown = sorted(set(layer) - set(OPTION_KEYS))
+        if unknown:
+            raise ConfigError(f"Unknown sweep option(s) {unknown} in {source}; valid: {list(OPTION_KEYS)}")
+        options.update(layer)
+    if options["scheduler"] not in SCHEDULERS:
+        raise ConfigError(f"Unknown scheduler '{options['scheduler']}'; use one of {list(SCHEDULERS)}")
+    for key in ("num_samples", "cpus_per_trial", "grace_period", "reduction_factor"):
+        if not float(options[key]) > 0:
+            raise ConfigError(f"Sweep option {key} must be > 0, got {options[key]}")
+    return options
+
+
+def plan_sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=None, epochs=None,
+               cli_options=None, name=None, device="auto", data_path=None, cache_dir=None, results_dir=None):
+    """Check a sweep's inputs and return its spec (a JSON-able dict) and its folder.
+
+    Raises ConfigError (and the runner's other user errors) on an unknown model, dataset,
+    grid file, grid parameter or sweep option; prepares the dataset so trials find it cached.
+    """
+    model_class = registry.get_model_class(model)
+    grid_file = Path(grid) if grid else default_grid_file(model)
+    if not grid and not grid_file.is_file():
+        raise ConfigError(f"No grid for {model}: write {grid_file} (format: README, 'Sweeps') or pass --grid FILE")
+    space = load_search_space(grid_file)
+    options = sweep_options(space, cli_options)
+    overrides = copy.deepcopy(overrides or {})
+    if epochs is not None:
+        overrides["epochs"] = int(epochs)
+    if seed is not None:
+        overrides["seed"] = int(seed)
+    settings = merge_layers(model, dataset, config_files, overrides)
+    _, dataset_dir = prepare_data(dataset, settings, data_path, cache_dir)
+    config = build_config(model_class, dataset_dir, settings)
+    check_names(space, settings, config.final_config_dict, model)
+    # ASHA counts validations (one tune.report each); this many happen at most.
+    max_validations = max(1, math.ceil(int(settings["epochs"]) / max(1, int(settings["eval_step"]))))
+    spec = {
+        "spec_version": SPEC_VERSION,
+        "model": model,
+        "dataset": dataset,
+        "dataset_dir": dataset_dir.name,
+        "grid_file": str(grid_file.resolve()),
+        "space": space.to_dict(),
+        "options": options,
+        "overrides": overrides,
+        "config_files": [str(Path(path).resolve()) for path in config_files],
+        "seed": int(settings["seed"]),
+        "epochs": int(settings["epochs"]),
+        "max_validations": max_validations,
+        "valid_metric": str(settings["valid_metric"]).lower(),
+        "valid_task": settings["valid_task"],
+        "device": device,
+        # resolved here so that every node reads the driver's path, not its own environment's
+        "data_path": str(data_dir(data_path)) if data_dir(data_path) else None,
+        "cache_dir": str(cache_dir) if cache_dir else None,
+        "results_dir": str(Path(results_dir or store.default_results_dir()).resolve()),
+    }
+    spec["name"] = name or default_sweep_name(grid_file, spec)
+    return spec, sweep_dir_of(spec)
+
+
+def default_sweep_name(grid_file, spec):
+    """``<grid stem>-<hash>``: the same command names the same sweep, so ``--resume`` finds it."""
+    identity = {key: spec[key] for key in ("model", "dataset", "dataset_dir", "space", "overrides", "config_files",
+                                          "seed")}
+    # Options that change which trials run; resources and retries may differ on --resume.
+    identity["options"] = {key: spec["options"][key] for key in SAMPLING_OPTION_KEYS}
+    digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+    return f"{Path(grid_file).stem}-{digest[:NAME_HASH_LENGTH]}"
+
+
+def sweep_dir_of(spec):
+    return Path(spec["results_dir"]) / SWEEPS_DIRNAME / spec["dataset_dir"] / spec["model"] / spec["name"]
+
+
+def space_of(spec):
+    """The spec's search space (stored as ``{name: {kind: values}}``)."""
+    return SearchSpace({name: Param(name, *next(iter(kind_values.items())))
+                        for name, kind_values in spec["space"].items()})
+
+
+def ray_param_space(space):
+    """Our search space as Ray Tune's ``param_space`` (tied parameters are set inside the trial)."""
+    from ray import tune
+
+    makers = {
+        GRID: tune.grid_search,
+        CHOICE: tune.choice,
+        UNIFORM: lambda bounds: tune.uniform(*bounds),
+        LOGUNIFORM: lambda bounds: tune.loguniform(*bounds),
+        QUNIFORM: lambda bounds: tune.quniform(*bounds),
+    }
+    return {param.name: makers[param.kind](param.values) for param in space.swept}
+
+
+def expected_trials(spec):
+    """Trials the sweep makes in all: every grid point ``num_samples`` times."""
+    return space_of(spec).grid_size() * int(spec["options"]["num_samples"])
