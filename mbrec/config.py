@@ -13,11 +13,8 @@ from recbole.config import Config
 from recbole.data.transform import construct_transform
 
 from mbrec import registry
+from mbrec.config_check import ConfigError, check_user_keys, check_values
 from mbrec.utils import PROPERTIES_DIR
-
-
-class ConfigError(ValueError):
-    """A config file or override is malformed."""
 
 
 class _FloatLoader(yaml.SafeLoader):
@@ -94,9 +91,6 @@ def merge_layers(model, dataset, config_files=(), overrides=None):
     Checked before any data work (``mbrec.config_check``): a key of a ``--config`` file or an
     override that no layer knows, a value of the wrong type or out of range raise ConfigError.
     """
-    # Imported here: config_check imports this module's ConfigError.
-    from mbrec.config_check import check_user_keys, check_values
-
     dataset_file = dataset_config_file(dataset)
     layers = [PROPERTIES_DIR / "overall.yaml", *registry.model_config_files(model), dataset_file]
     merged = {}

@@ -31,7 +31,6 @@ import recbole
 import yaml
 
 from mbrec import registry
-from mbrec.config import ConfigError
 from mbrec.data.prepare import LOCATION_KEYS, OVERRIDABLE_KEYS
 from mbrec.results import VOLATILE_KEYS
 from mbrec.utils import PACKAGE_DIR, PROPERTIES_DIR
@@ -46,6 +45,10 @@ CONFIG_READ = re.compile(r"""(?:config|settings)(?:\[|\.get\()\s*["']([A-Za-z_][
 MODEL_CODE_PACKAGES = ("mbrec", "baselines")
 # Words of the did-you-mean: difflib's default similarity cutoff, at most this many suggestions.
 SUGGESTIONS = 3
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed (also importable from :mod:`mbrec.config`)."""
 
 
 class _Rule:

@@ -24,7 +24,8 @@ def test_misspelt_key_stops_the_run_before_data_loading(tmp_path, capsys):
     assert code == 1
     assert "unknown config key 'epoch' (command line)" in err and "did you mean 'epochs'" in err
     assert "Traceback" not in err
-    assert not (tmp_path / "cache").exists() and not (tmp_path / "results").exists()  # nothing prepared
+    assert not (tmp_path / "cache").exists()  # nothing prepared
+    assert not [path for path in (tmp_path / "results").rglob("*") if path.is_file()]  # nothing written
 
 
 def test_misspelt_key_in_a_config_file_names_the_file(tmp_path):
