@@ -183,7 +183,7 @@ def write_comparison_tables(records, args):
     """The comparison table of this command's runs; a failed (model, dataset) is a marked hole."""
     from mbrec.protocol import ProtocolMismatch
     from mbrec.reporting.protocols import split_by_protocol
-    from mbrec.reporting.tables import build_table, default_tables_dir, to_markdown, write_tables
+    from mbrec.reporting.tables import build_table, default_tables_dir, to_markdown, write_efficiency, write_tables
 
     try:
         table = build_table(records, models=args.models)
@@ -193,3 +193,6 @@ def write_comparison_tables(records, args):
     print(to_markdown(table))
     for name, path in write_tables(table, default_tables_dir(args.results_dir)).items():
         print(f"wrote {name}: {path}")
+    # The efficiency table and chart of this command's runs too (the README promises them here).
+    for name, path in write_efficiency(records, default_tables_dir(args.results_dir)).items():
+        print(f"wrote efficiency {name}: {path}")

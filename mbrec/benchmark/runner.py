@@ -5,7 +5,6 @@ Each arrow is one call; no step reaches back into an earlier one. Used by ``run_
 
 import logging
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from mbrec.data.dataset import DatasetError, MultiBehaviorSequentialDataset
 from mbrec.data.prepare import LOCATION_KEYS, DataPreparationError, dataset_spec, prepare, read_meta
 from mbrec.evaluation import Evaluator
 from mbrec.benchmark import integrity
+from mbrec.benchmark.memory import PeakRSS
 from mbrec.utils import REPO_DIR, atomic_path, file_sha256
 
 logger = logging.getLogger("mbrec")
@@ -236,6 +236,14 @@ def setup_run(model_class, dataset_dir, settings, seed, device, with_test=True):
 
 
 def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key, path, log_file):
+    # This run's own CPU peak (data, model, training, evaluation); see mbrec.benchmark.memory.
+    with PeakRSS() as peak_rss:
+        return _train_and_record_measured(model, model_class, canonical, dataset_dir, settings, seed, device,
+                                          key, path, log_file, peak_rss)
+
+
+def _train_and_record_measured(model, model_class, canonical, dataset_dir, settings, seed, device, key, path,
+                               log_file, peak_rss):
     logger.info(f"run {key}: model={model} dataset={dataset_dir.name} seed={seed}")
     built = setup_run(model_class, dataset_dir, settings, seed, device)
     config, dataset, network, device = built.config, built.dataset, built.network, built.device
@@ -299,7 +307,7 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
                                 / sum(train_epochs)) if train_epochs and sum(train_epochs) > 0 else None,
             "eval_seconds": eval_seconds,
             "data_seconds": data_seconds,
-            "peak_cpu_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_cpu_rss_mb": peak_rss.mb,  # sampled so far in this run (it ends with saving the record)
             "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
             "device": str(device),
         },
