@@ -21,7 +21,7 @@ from mbrec.registry import UnknownModelError
 from mbrec import results as store
 from mbrec.results import ResultsError
 from mbrec.training.trainer import Trainer, TrainingError
-from mbrec.config import ConfigError, build_config, merge_layers
+from mbrec.config import ConfigError, build_config, check_train_unit, merge_layers
 from mbrec.data.dataset import DatasetError, MultiBehaviorSequentialDataset
 from mbrec.data.prepare import LOCATION_KEYS, DataPreparationError, dataset_spec, prepare, read_meta
 from mbrec.evaluation import Evaluator
@@ -114,6 +114,7 @@ def plan_run(model, dataset, config_files=(), overrides=None, seed=None, data_pa
     skips stored runs before scheduling them).
     """
     settings = merge_layers(model, dataset, config_files, overrides)
+    check_train_unit(registry.get_model_class(model), settings)  # before the data is prepared
     if seed is not None:
         settings["seed"] = int(seed)
     seed = int(settings["seed"])
