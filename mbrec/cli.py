@@ -137,7 +137,8 @@ def _dispatch(argv):
             for seed in args.seeds:
                 try:
                     records.append(run(model, dataset, args.config_files, overrides, seed, args.device,
-                                       args.data_path, args.cache_dir, args.results_dir, args.rerun))
+                                       args.data_path, args.cache_dir, args.results_dir, args.rerun,
+                                       command_models=args.models))
                 except KeyboardInterrupt as interrupt:
                     return _interrupted(f"{model} on {dataset} ({seed_label(seed)})", records, interrupt)
                 except USER_ERRORS as error:  # bad input: a clear message, no traceback

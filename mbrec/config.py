@@ -86,11 +86,12 @@ def dataset_config_file(dataset):
     return dataset_config_file(alias) if alias else path
 
 
-def merge_layers(model, dataset, config_files=(), overrides=None):
+def merge_layers(model, dataset, config_files=(), overrides=None, command_models=()):
     """Merge the YAML layers and overrides into one plain dict (the run's own settings).
 
     Checked before any data work (``mbrec.config_check``): a key of a ``--config`` file or an
     override that no layer knows, a value of the wrong type or out of range raise ConfigError.
+    ``command_models``: the other models of the same command (a key one of them knows is accepted).
     """
     dataset_file = dataset_config_file(dataset)
     layers = [PROPERTIES_DIR / "overall.yaml", *registry.model_config_files(model), dataset_file]
@@ -99,7 +100,7 @@ def merge_layers(model, dataset, config_files=(), overrides=None):
         deep_update(merged, load_yaml(path))
     user_layers = [(f"in {path}", load_yaml(path)) for path in config_files]
     user_layers.append(("command line", overrides or {}))
-    check_user_keys(model, dataset_file, user_layers)
+    check_user_keys(model, dataset_file, user_layers, command_models)
     for _, layer in user_layers:
         deep_update(merged, layer)
     merged.pop("alias_of", None)

@@ -167,13 +167,18 @@ def _models_knowing(key):
     return sorted(path.stem for path in (PROPERTIES_DIR / "model").glob("*.yaml") if key in _yaml_keys(path))
 
 
-def check_user_keys(model, dataset_file, layers):
+def check_user_keys(model, dataset_file, layers, command_models=()):
     """Refuse keys of ``layers`` (``(source, mapping)`` pairs: --config files, key=value) that no layer knows.
+
+    ``command_models``: the other models of the same command (``--models SASRec Pop hidden_size=16``):
+    a key one of them knows is meant for it, not misspelt, so it is accepted for all of them.
 
     Raises:
         ConfigError: one line per unknown key, naming where it came from and the closest known keys.
     """
-    known = known_keys(model, dataset_file)
+    models = list(dict.fromkeys([model, *command_models]))
+    known = set().union(*(known_keys(name, dataset_file) for name in models))
+    model = " or ".join(models)
     prepare_known = set(OVERRIDABLE_KEYS) | set(LOCATION_KEYS)
     problems = []
     for source, layer in layers:
@@ -192,7 +197,7 @@ def check_user_keys(model, dataset_file, layers):
 
 def _unknown_line(key, source, model, candidates):
     close = difflib.get_close_matches(key, candidates, n=SUGGESTIONS)
-    owners = [name for name in _models_knowing(key) if name != model]
+    owners = [name for name in _models_knowing(key) if name not in model.split(" or ")]
     line = f"unknown config key '{key}' ({source}): no config layer of {model} knows it"
     if owners:
         line += f"; it is a setting of {', '.join(owners)}"

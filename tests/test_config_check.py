@@ -100,3 +100,10 @@ def test_model_name_in_the_wrong_case_suggests_the_right_one(tmp_path, capsys):
     failed = [line for line in err.splitlines() if line.startswith("FAILED")]
     assert failed and "seed=None" not in failed[0] and "default seed" in failed[0]
     assert "seed None" not in err
+
+
+def test_a_key_of_another_model_in_the_same_command_is_accepted():
+    """``--models SASRec Pop n_layers=1``: n_layers is meant for SASRec, not a misspelling."""
+    assert merge_layers("Pop", "synthetic", overrides={"n_layers": 1}, command_models=["SASRec", "Pop"])
+    with pytest.raises(ConfigError, match="no config layer of Pop or Recent knows it"):
+        merge_layers("Pop", "synthetic", overrides={"n_layers": 1}, command_models=["Pop", "Recent"])

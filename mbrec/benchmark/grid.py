@@ -40,7 +40,7 @@ class GridRunError(RuntimeError):
 
 
 def run_in_worker(model, dataset, config_files, overrides, seed, device, data_path, cache_dir, results_dir,
-                  rerun):
+                  rerun, command_models=()):
     """One run inside a Ray worker; returns a small outcome (the record itself is on shared storage).
 
     Exceptions become a ``failed`` outcome, so Ray only retries a run whose worker *died*.
@@ -49,7 +49,7 @@ def run_in_worker(model, dataset, config_files, overrides, seed, device, data_pa
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     try:
         record = run(model, dataset, config_files, overrides, seed, device, data_path, cache_dir, results_dir,
-                     rerun)
+                     rerun, command_models)
     except Exception as error:  # noqa: BLE001 (reported to the driver with the run's log)
         log = getattr(error, "run_log", None)
         return {"status": FAILED, "error": f"{type(error).__name__}: {error}", "log": str(log) if log else None}
@@ -67,7 +67,7 @@ def plan_grid(args, overrides):
                 try:
                     registry.get_model_class(model)
                     plan = plan_run(model, dataset, args.config_files, overrides, seed, args.data_path,
-                                    args.cache_dir, args.results_dir)
+                                    args.cache_dir, args.results_dir, args.models)
                     if plan.path.exists() and not args.rerun:
                         stored.append(store.load_record(plan.path))
                         continue
@@ -103,7 +103,7 @@ def run_grid(args, overrides):
                                                  max_retries=args.max_retries, retry_exceptions=False)
         device = run_device(args)
         waiting = {task.remote(model, dataset, args.config_files, overrides, seed, device, args.data_path,
-                               args.cache_dir, args.results_dir, args.rerun): (model, dataset, seed)
+                               args.cache_dir, args.results_dir, args.rerun, args.models): (model, dataset, seed)
                    for model, dataset, seed in pending}
         finished = 0
         while waiting:

@@ -106,14 +106,14 @@ class _RunLog:
 
 
 def plan_run(model, dataset, config_files=(), overrides=None, seed=None, data_path=None, cache_dir=None,
-             results_dir=None):
+             results_dir=None, command_models=()):
     """Settings, prepared data, run key and record path of one run, without training.
 
     Returns ``types.SimpleNamespace`` with ``settings``, ``seed``, ``canonical``, ``dataset_dir``,
     ``key``, ``path``, ``results_dir``, ``prepared_now`` (this call built the prepared copy). Used by :func:`run` and by the Ray grid's driver (which
     skips stored runs before scheduling them).
     """
-    settings = merge_layers(model, dataset, config_files, overrides)
+    settings = merge_layers(model, dataset, config_files, overrides, command_models)
     check_train_unit(registry.get_model_class(model), settings)  # before the data is prepared
     if seed is not None:
         settings["seed"] = int(seed)
@@ -130,13 +130,13 @@ def plan_run(model, dataset, config_files=(), overrides=None, seed=None, data_pa
 
 
 def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto", data_path=None,
-        cache_dir=None, results_dir=None, rerun=False):
+        cache_dir=None, results_dir=None, rerun=False, command_models=()):
     """Train and evaluate one (model, dataset, config, seed); return its results record.
 
     A stored record with the same key is returned as is unless ``rerun``.
     """
     model_class = registry.get_model_class(model)  # fail fast on unknown names
-    plan = plan_run(model, dataset, config_files, overrides, seed, data_path, cache_dir, results_dir)
+    plan = plan_run(model, dataset, config_files, overrides, seed, data_path, cache_dir, results_dir, command_models)
     settings, seed, canonical, dataset_dir = plan.settings, plan.seed, plan.canonical, plan.dataset_dir
     key, path, results_dir = plan.key, plan.path, plan.results_dir
     if path.exists() and not rerun:
