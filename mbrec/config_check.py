@@ -158,8 +158,12 @@ def model_keys(model):
     return frozenset(keys)
 
 
-def known_keys(model, dataset_file):
-    return recbole_general_keys() | mbrec_general_keys() | model_keys(model) | _yaml_keys(dataset_file)
+def known_keys(model, dataset_files):
+    """Every key a run of ``model`` on a dataset with these YAML layers knows."""
+    keys = recbole_general_keys() | mbrec_general_keys() | model_keys(model)
+    for path in dataset_files:
+        keys |= _yaml_keys(path)
+    return keys
 
 
 def _models_knowing(key):
@@ -167,7 +171,7 @@ def _models_knowing(key):
     return sorted(path.stem for path in (PROPERTIES_DIR / "model").glob("*.yaml") if key in _yaml_keys(path))
 
 
-def check_user_keys(model, dataset_file, layers, command_models=()):
+def check_user_keys(model, dataset_files, layers, command_models=()):
     """Refuse keys of ``layers`` (``(source, mapping)`` pairs: --config files, key=value) that no layer knows.
 
     ``command_models``: the other models of the same command (``--models SASRec Pop hidden_size=16``):
@@ -177,7 +181,7 @@ def check_user_keys(model, dataset_file, layers, command_models=()):
         ConfigError: one line per unknown key, naming where it came from and the closest known keys.
     """
     models = list(dict.fromkeys([model, *command_models]))
-    known = set().union(*(known_keys(name, dataset_file) for name in models))
+    known = set().union(*(known_keys(name, dataset_files) for name in models))
     model = " or ".join(models)
     prepare_known = set(OVERRIDABLE_KEYS) | set(LOCATION_KEYS)
     problems = []
