@@ -13,6 +13,8 @@ from recbole.config import Config
 from recbole.data.transform import construct_transform
 
 from mbrec import registry
+from mbrec.data.declarations import declaration_file
+from mbrec.data.prepare import update_prepare_options
 from mbrec.utils import PROPERTIES_DIR
 
 
@@ -79,11 +81,26 @@ def deep_update(base, update):
     return base
 
 
+def merge_layer(merged, layer):
+    """:func:`deep_update`, except the ``prepare:`` block, which merges as prepare options do
+    (``mbrec.data.prepare.update_prepare_options``: a ``files`` map is replaced, and a new
+    ``format`` drops the file names of the old one)."""
+    layer = dict(layer)
+    prepare_block = layer.pop("prepare", None)
+    deep_update(merged, layer)
+    if isinstance(prepare_block, dict) and isinstance(merged.get("prepare"), dict):
+        merged["prepare"] = update_prepare_options(merged["prepare"], prepare_block)
+    elif prepare_block is not None:
+        merged["prepare"] = prepare_block
+    return merged
+
+
 def dataset_config_file(dataset):
-    """The dataset's YAML, following ``alias_of`` (retail -> taobao)."""
-    path = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"Unknown dataset '{dataset}'. Valid datasets: {', '.join(registry.dataset_names())}")
+    """The dataset's YAML (built-in or declared with ``--dataset-file``), following ``alias_of``."""
+    path = declaration_file(dataset)
+    if path is None:
+        raise ConfigError(f"Unknown dataset '{dataset}'. Valid datasets: {', '.join(registry.dataset_names())}. "
+                          f"Your own dataset: declare it in NAME.yaml and pass --dataset-file NAME.yaml")
     alias = load_yaml(path).get("alias_of")
     return dataset_config_file(alias) if alias else path
 
@@ -93,8 +110,8 @@ def merge_layers(model, dataset, config_files=(), overrides=None):
     layers = [PROPERTIES_DIR / "overall.yaml", *registry.model_config_files(model), dataset_config_file(dataset)]
     merged = {}
     for path in [p for p in layers if p is not None] + [*config_files]:
-        deep_update(merged, load_yaml(path))
-    deep_update(merged, overrides or {})
+        merge_layer(merged, load_yaml(path))
+    merge_layer(merged, overrides or {})
     merged.pop("alias_of", None)
     return merged
 

@@ -26,6 +26,7 @@ from mbrec import registry
 from mbrec import results as store
 from mbrec.results import ResultsError
 from mbrec.benchmark.runner import LOG_FORMAT, USER_ERRORS, plan_run, run
+from mbrec.data.declarations import declared_dataset_files, use_dataset_files
 
 logger = logging.getLogger("mbrec")
 DONE, FAILED = "done", "failed"
@@ -40,14 +41,16 @@ class GridRunError(RuntimeError):
 
 
 def run_in_worker(model, dataset, config_files, overrides, seed, device, data_path, cache_dir, results_dir,
-                  rerun):
+                  rerun, dataset_files=()):
     """One run inside a Ray worker; returns a small outcome (the record itself is on shared storage).
 
     Exceptions become a ``failed`` outcome, so Ray only retries a run whose worker *died*.
+    ``dataset_files``: the user's dataset declarations (``--dataset-file``) the driver read.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     try:
+        use_dataset_files(dataset_files)
         record = run(model, dataset, config_files, overrides, seed, device, data_path, cache_dir, results_dir,
                      rerun)
     except Exception as error:  # noqa: BLE001 (reported to the driver with the run's log)
@@ -102,8 +105,9 @@ def run_grid(args, overrides):
         task = ray.remote(run_in_worker).options(num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run,
                                                  max_retries=args.max_retries, retry_exceptions=False)
         device = run_device(args)
+        dataset_files = sorted(declared_dataset_files().values())
         waiting = {task.remote(model, dataset, args.config_files, overrides, seed, device, args.data_path,
-                               args.cache_dir, args.results_dir, args.rerun): (model, dataset, seed)
+                               args.cache_dir, args.results_dir, args.rerun, dataset_files): (model, dataset, seed)
                    for model, dataset, seed in pending}
         finished = 0
         while waiting:

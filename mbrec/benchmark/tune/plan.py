@@ -13,6 +13,7 @@ from mbrec.benchmark.runner import prepare_data
 from mbrec.benchmark.search_space import (CHOICE, GRID, LOGUNIFORM, QUNIFORM, UNIFORM, Param, SearchSpace,
                                           check_names, default_grid_file, load_search_space, sweep_defaults)
 from mbrec.config import ConfigError, build_config, merge_layers
+from mbrec.data.declarations import declared_dataset_files
 from mbrec.utils import data_dir
 
 RAY_INSTALL_HINT = ('Ray Tune is not installed; sweeps need the optional extra: pip install -e ".[tune]" '
@@ -95,6 +96,8 @@ def plan_sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=
         "options": options,
         "overrides": overrides,
         "config_files": [str(Path(path).resolve()) for path in config_files],
+        # the user's dataset declarations (--dataset-file), for trials and --resume
+        "dataset_files": [str(path) for path in sorted(declared_dataset_files().values())],
         "seed": int(settings["seed"]),
         "epochs": int(settings["epochs"]),
         "max_validations": max_validations,

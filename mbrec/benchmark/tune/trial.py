@@ -13,6 +13,7 @@ from mbrec.benchmark.search_space import nested, with_ties
 from mbrec.benchmark.tune.plan import METRIC, TRIALS_DIRNAME, space_of, sweep_dir_of
 from mbrec.training.trainer import Trainer
 from mbrec.config import deep_update, merge_layers
+from mbrec.data.declarations import use_dataset_files
 from mbrec.utils import REPO_DIR, write_json_atomic
 
 logger = logging.getLogger("mbrec")
@@ -42,6 +43,7 @@ def train_trial(params, spec):
     import torch
     from ray import tune
 
+    use_dataset_files(spec.get("dataset_files"))
     trial_id = tune.get_context().get_trial_id()
     # Not get_trial_dir(): for a reused worker it names a node-local staging folder.
     trial_dir = sweep_dir_of(spec) / TRIALS_DIRNAME / trial_dirname(trial_id)
