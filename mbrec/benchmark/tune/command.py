@@ -34,6 +34,10 @@ def build_tune_parser():
     parser.add_argument("--num-cpus", dest="local_num_cpus", type=int, help="CPUs of the local Ray (no "
                                                                           "--ray-address); default all")
     parser.add_argument("--scheduler", choices=SCHEDULERS, help="asha stops weak trials early; fifo does not")
+    parser.add_argument("--grace-period", type=int, help="ASHA: validations every trial gets before it may be "
+                                                         "stopped (default 5; a warning says when it stops nothing)")
+    parser.add_argument("--max-failures", type=int, help="times a trial whose worker died is retried (default 3, "
+                                                         "as the grid's --max-retries; a trial that raises is not)")
     parser.add_argument("--ray-address", help="join this Ray cluster (e.g. 10.0.0.1:6379 or auto) instead of "
                                               "starting a local Ray")
     parser.add_argument("--name", help="sweep name (default: <grid>-<hash of the sweep's settings>)")
@@ -65,7 +69,8 @@ def tune_main(argv=None):
         parser.error(f"unrecognized arguments: {' '.join(unknown_flags)}")
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     cli_options = {key: getattr(args, key) for key in ("num_samples", "max_concurrent", "gpus_per_trial",
-                                                       "cpus_per_trial", "local_num_cpus", "scheduler")}
+                                                       "cpus_per_trial", "local_num_cpus", "scheduler", "grace_period",
+                                                       "max_failures")}
     try:
         use_dataset_files(args.dataset_files)
         summary = sweep(args.model, args.dataset, args.grid, args.config_files, parse_overrides(extra + unknown),

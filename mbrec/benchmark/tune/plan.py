@@ -4,17 +4,20 @@ config, the sweep options, the data), the sweep's spec and folder, and Ray's par
 import copy
 import hashlib
 import json
+import logging
 import math
 from pathlib import Path
 
 from mbrec import registry
 from mbrec import results as store
 from mbrec.benchmark.runner import prepare_data
-from mbrec.benchmark.search_space import (CHOICE, GRID, LOGUNIFORM, QUNIFORM, UNIFORM, Param, SearchSpace,
-                                          check_names, default_grid_file, load_search_space, sweep_defaults)
+from mbrec.benchmark.search_space import (Param, SearchSpace, check_names, default_grid_file, draw_trials,
+                                          load_search_space, sweep_defaults)
 from mbrec.config import ConfigError, build_config, merge_layers
 from mbrec.data.declarations import declared_dataset_files
 from mbrec.utils import data_dir
+
+logger = logging.getLogger("mbrec")
 
 RAY_INSTALL_HINT = ('Ray Tune is not installed; sweeps need the optional extra: pip install -e ".[tune]" '
                     '(or pip install "ray[tune]>=2.40")')
@@ -23,7 +26,7 @@ TRIALS_DIRNAME = "trials"        # Ray's experiment folder inside the sweep fold
 SPEC_FILE = "sweep.json"         # what the sweep runs; written before Ray starts, read by --resume
 METRIC = "valid_score"           # the key trials report; the config's valid_metric on valid_task
 MODE = "max"                     # every valid_metric (Recall, NDCG, MRR) is better when higher
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 2: trials drawn by the driver (spec["trials"]), space_order
 NAME_HASH_LENGTH = 8
 OPTION_KEYS = ("num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "scheduler", "grace_period",
                "reduction_factor", "max_failures", "local_num_cpus")
@@ -93,6 +96,7 @@ def plan_sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=
         "dataset_dir": dataset_dir.name,
         "grid_file": str(grid_file.resolve()),
         "space": space.to_dict(),
+        "space_order": list(space.params),  # sweep.json sorts keys; columns keep the grid file's order
         "options": options,
         "overrides": overrides,
         "config_files": [str(Path(path).resolve()) for path in config_files],
@@ -110,6 +114,13 @@ def plan_sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=
         "results_dir": str(Path(results_dir or store.default_results_dir()).resolve()),
     }
     spec["name"] = name or default_sweep_name(grid_file, spec)
+    # Every trial's id and parameters, fixed before any trial starts (the same on --resume).
+    spec["trials"] = [{"trial_id": trial_id, "params": params}
+                      for trial_id, params in draw_trials(space, options["num_samples"], spec["seed"])]
+    if options["scheduler"] == "asha" and int(options["grace_period"]) >= max_validations:
+        logger.warning(f"ASHA cannot stop any trial: grace_period {options['grace_period']} >= the "
+                       f"{max_validations} validation(s) a trial makes (epochs / eval_step); lower --grace-period or "
+                       f"use --scheduler fifo")
     return spec, sweep_dir_of(spec)
 
 
@@ -128,25 +139,16 @@ def sweep_dir_of(spec):
 
 
 def space_of(spec):
-    """The spec's search space (stored as ``{name: {kind: values}}``)."""
-    return SearchSpace({name: Param(name, *next(iter(kind_values.items())))
-                        for name, kind_values in spec["space"].items()})
+    """The spec's search space (stored as ``{name: {kind: values}}``), in the grid file's order."""
+    order = spec.get("space_order") or list(spec["space"])
+    return SearchSpace({name: Param(name, *next(iter(spec["space"][name].items()))) for name in order})
 
 
-def ray_param_space(space):
-    """Our search space as Ray Tune's ``param_space`` (tied parameters are set inside the trial)."""
-    from ray import tune
-
-    makers = {
-        GRID: tune.grid_search,
-        CHOICE: tune.choice,
-        UNIFORM: lambda bounds: tune.uniform(*bounds),
-        LOGUNIFORM: lambda bounds: tune.loguniform(*bounds),
-        QUNIFORM: lambda bounds: tune.quniform(*bounds),
-    }
-    return {param.name: makers[param.kind](param.values) for param in space.swept}
+def trial_params(spec):
+    """trial id -> the swept parameters of that trial (drawn when the sweep was planned)."""
+    return {trial["trial_id"]: trial["params"] for trial in spec["trials"]}
 
 
 def expected_trials(spec):
     """Trials the sweep makes in all: every grid point ``num_samples`` times."""
-    return space_of(spec).grid_size() * int(spec["options"]["num_samples"])
+    return len(spec["trials"])
