@@ -7,6 +7,8 @@ pairs) are :class:`baselines.sasrec_b.PairTokens`. Encoder: RecBole's ``BERT4Rec
 CIKM 2019) with one ``[mask]`` token (id ``n_pairs``) and a pair bias. Training is the Cloze task of
 :mod:`mbrec.layers.cloze`: the slot after the history holds the target pair and is always masked,
 history pairs are masked with probability ``mask_ratio``; at evaluation the slot is ``[mask]``.
+With ``train_unit: sequence`` (default) a batch holds users' training windows, masked as
+BERT4Rec_MB's (each pair with ``mask_ratio``, at least one, ``ft_ratio`` last-pair-only windows).
 """
 
 import torch
@@ -17,19 +19,24 @@ from recbole.model.sequential_recommender.bert4rec import BERT4Rec
 from baselines import PredictFromFullSort
 from baselines.bert4rec_mb import check_cloze_config
 from baselines.sasrec_b import PairTokens
-from mbrec.layers.cloze import cloze_mask, padding_after, slot_output, with_slot
+from mbrec.data.dataset import train_unit
+from mbrec.layers.cloze import cloze_mask, padding_after, sequence_cloze_mask, slot_output, with_slot
 
 
 class BERT4Rec_B(PairTokens, PredictFromFullSort, BERT4Rec):
     """BERT4Rec whose vocabulary is (item, behavior) pairs plus ``[mask]``."""
 
     behavior_conditioned = True
+    train_units = ("prefix", "sequence")
+    train_unit_kind = "cloze"
 
     def __init__(self, config, dataset):
         check_cloze_config(type(self).__name__, config)
         super().__init__(config, dataset)
         self.BEHAVIOR = config["BEHAVIOR_FIELD"]
         self.BEHAVIOR_SEQ = self.BEHAVIOR + config["LIST_SUFFIX"]
+        self.train_unit = train_unit(config)
+        self.last_item_prob = float(config["ft_ratio"] or 0.0)
         self.n_behaviors = dataset.n_behaviors  # including the padding id 0
         self.mask_token = self.n_pairs()
         # Replace BERT4Rec's item table and bias: pairs + [mask]; one position more for the slot.
@@ -49,6 +56,8 @@ class BERT4Rec_B(PairTokens, PredictFromFullSort, BERT4Rec):
         return self.pair_scores(slot_output(hidden, lengths))  # [B, n_pairs]
 
     def calculate_loss(self, interaction):
+        if self.train_unit == "sequence":
+            return self.sequence_loss(interaction)
         lengths = interaction[self.ITEM_SEQ_LEN]
         pairs = self.pair_ids(interaction[self.ITEM_SEQ], interaction[self.BEHAVIOR_SEQ])  # [B, L]
         target = self.pair_ids(interaction[self.POS_ITEM_ID], interaction[self.BEHAVIOR])  # [B]
@@ -57,3 +66,11 @@ class BERT4Rec_B(PairTokens, PredictFromFullSort, BERT4Rec):
         labels = tokens[masked]  # [M]
         hidden = self.forward(tokens.masked_fill(masked, self.mask_token))
         return F.cross_entropy(self.pair_scores(hidden[masked]), labels)
+
+    def sequence_loss(self, interaction):
+        """Sequence mode: Cloze over the window's pair tokens, as BERT4Rec_MB (see the module docstring)."""
+        lengths = interaction[self.ITEM_SEQ_LEN]
+        pairs = self.pair_ids(interaction[self.ITEM_SEQ], interaction[self.BEHAVIOR_SEQ])  # [B, L]
+        masked = sequence_cloze_mask(lengths, pairs.size(1), self.mask_ratio, self.last_item_prob)
+        hidden = self.forward(pairs.masked_fill(masked, self.mask_token))  # [B, L, H]
+        return F.cross_entropy(self.pair_scores(hidden[masked]), pairs[masked])

@@ -9,12 +9,15 @@ interaction it hides from the ``asked`` table, so the model is asked "which item
 behavior, goes here". The query is the ``[mask]`` slot after the history
 (:mod:`mbrec.layers.cloze`) with the task's asked behavior, or "unknown" (id 0) when told nothing.
 
-Training (Cloze): the slot holds the example's target and is always masked; each history position
+Training (Cloze, ``train_unit: prefix``): the slot holds the example's target and is always masked; each history position
 is masked with probability ``mask_ratio``. At every masked position the behavior is hidden (id 0)
 with probability ``behavior_dropout_prob`` (condition dropout), so the model also ranks items told
 nothing (the ``next_item`` task). This replaces RecBole's ``mask_itemseq`` batch transform (which
 masks only inside the input window and never predicts the example's target), hence
-``transform: ~`` in the YAML.
+``transform: ~`` in the YAML. With ``train_unit: sequence`` (default) a batch holds users' training
+windows and the masks follow BERT4Rec's paper (:func:`mbrec.layers.cloze.sequence_cloze_mask`):
+each item with ``mask_ratio``, at least one per window, and with probability ``ft_ratio`` only the
+last item; a masked position carries its own behavior (hidden with ``behavior_dropout_prob``).
 """
 
 import torch
@@ -24,7 +27,9 @@ from recbole.model.sequential_recommender.bert4rec import BERT4Rec
 
 from baselines import PredictFromFullSort
 from mbrec.layers.behavior import MultiBehaviorEmbedding
-from mbrec.layers.cloze import cloze_mask, hide_behaviors, padding_after, slot_mask, slot_output, with_slot
+from mbrec.data.dataset import train_unit
+from mbrec.layers.cloze import (cloze_mask, hide_behaviors, padding_after, sequence_cloze_mask, slot_mask, slot_output,
+                                with_slot)
 
 
 def check_cloze_config(model_name, config):
@@ -41,12 +46,16 @@ class BERT4Rec_MB(PredictFromFullSort, BERT4Rec):
     """BERT4Rec + behavior embeddings; the ``[mask]`` slot carries the asked behavior."""
 
     behavior_conditioned = True
+    train_units = ("prefix", "sequence")
+    train_unit_kind = "cloze"
 
     def __init__(self, config, dataset):
         check_cloze_config(type(self).__name__, config)
         super().__init__(config, dataset)
         self.BEHAVIOR = config["BEHAVIOR_FIELD"]
         self.BEHAVIOR_SEQ = self.BEHAVIOR + config["LIST_SUFFIX"]
+        self.train_unit = train_unit(config)
+        self.last_item_prob = float(config["ft_ratio"] or 0.0)
         # One position more than RecBole's BERT4Rec: the slot follows the full window.
         self.position_embedding = nn.Embedding(self.max_seq_length + 1, self.hidden_size)
         self.behaviors = MultiBehaviorEmbedding(config, dataset.n_behaviors, self.hidden_size)
@@ -69,6 +78,8 @@ class BERT4Rec_MB(PredictFromFullSort, BERT4Rec):
         return hidden @ self.item_embedding.weight[:self.n_items].T + self.output_bias
 
     def calculate_loss(self, interaction):
+        if self.train_unit == "sequence":
+            return self.sequence_loss(interaction)
         lengths = interaction[self.ITEM_SEQ_LEN]
         items = with_slot(interaction[self.ITEM_SEQ], lengths, interaction[self.POS_ITEM_ID])  # [B, L+1]
         behaviors = with_slot(interaction[self.BEHAVIOR_SEQ], lengths, interaction[self.BEHAVIOR])
@@ -77,6 +88,14 @@ class BERT4Rec_MB(PredictFromFullSort, BERT4Rec):
         behaviors = hide_behaviors(behaviors, masked, self.behaviors.dropout_prob)
         hidden = self.forward(items.masked_fill(masked, self.mask_token), behaviors, masked)
         return F.cross_entropy(self.item_logits(hidden[masked]), labels)
+
+    def sequence_loss(self, interaction):
+        """Sequence mode: Cloze over the training window (no slot appended; BERT4Rec's last-item samples)."""
+        items, lengths = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]  # [B, L], [B]
+        masked = sequence_cloze_mask(lengths, items.size(1), self.mask_ratio, self.last_item_prob)
+        behaviors = hide_behaviors(interaction[self.BEHAVIOR_SEQ], masked, self.behaviors.dropout_prob)
+        hidden = self.forward(items.masked_fill(masked, self.mask_token), behaviors, masked)  # [B, L, H]
+        return F.cross_entropy(self.item_logits(hidden[masked]), items[masked])
 
     def full_sort_predict(self, interaction):
         lengths = interaction[self.ITEM_SEQ_LEN]

@@ -18,9 +18,12 @@ Yuan, Guo, Yu, Zhang, Wang, Zhuang, "Multi-Behavior Sequential Transformer Recom
   target and is always masked; history positions are masked with probability ``mask_ratio``; a
   masked position keeps its behavior (the model learns "which item with behavior b goes here"),
   hidden (id 0) with probability ``behavior_dropout_prob`` so the model also ranks items told
-  nothing. At evaluation the slot is ``[mask]`` with the asked behavior, which routes the slot's
-  projections, its FFN, its relative biases and the head: ``full_sort_predict`` returns scores
-  for the asked behavior.
+  nothing (``train_unit: prefix``). With ``train_unit: sequence`` (default) a batch holds users'
+  training windows, each real position masked with ``mask_ratio`` (at least one per window) and
+  no slot, as PBAT's public code (a later model of the same line, compared with MB-STR) draws one
+  masked window per user and epoch; MB-STR's own code was not checked for this. At evaluation
+  the slot is ``[mask]`` with the asked behavior, which routes the slot's projections, its FFN,
+  its relative biases and the head: ``full_sort_predict`` returns scores for the asked behavior.
 
 Where the paper is not specific we chose: a bias table (not an MLP) for MBSPG; linear experts in
 the head (``TaskRoutedMoE``); the attention output projection shared across behaviors. The public
@@ -37,7 +40,9 @@ from baselines import PredictFromFullSort
 from baselines.bert4rec_mb import check_cloze_config
 from mbrec.layers import bert_init
 from mbrec.layers.behavior_attention import BehaviorSpecificLinear, BehaviorSpecificTransformerEncoder
-from mbrec.layers.cloze import cloze_mask, hide_behaviors, padding_after, slot_mask, slot_output, with_slot
+from mbrec.data.dataset import train_unit
+from mbrec.layers.cloze import (cloze_mask, hide_behaviors, padding_after, real_positions, sequence_cloze_mask,
+                                slot_output, with_slot)
 from mbrec.layers.moe import TaskRoutedMoE
 
 
@@ -45,10 +50,13 @@ class MBSTR(PredictFromFullSort, SequentialRecommender):
     """Behavior-specific Transformer + behavior-pair relative bias + CGC head, trained on the Cloze task."""
 
     behavior_conditioned = True
+    train_units = ("prefix", "sequence")
+    train_unit_kind = "cloze"
 
     def __init__(self, config, dataset):
         check_cloze_config(type(self).__name__, config)
         super().__init__(config, dataset)
+        self.train_unit = train_unit(config)
         self.hidden_size = config["hidden_size"]
         self.mask_ratio = float(config["mask_ratio"])
         self.behavior_dropout_prob = float(config["behavior_dropout_prob"] or 0.0)
@@ -94,6 +102,8 @@ class MBSTR(PredictFromFullSort, SequentialRecommender):
         return query @ self.item_embedding.weight[:self.n_items].T + self.item_bias
 
     def calculate_loss(self, interaction):
+        if self.train_unit == "sequence":
+            return self.sequence_loss(interaction)
         lengths = interaction[self.ITEM_SEQ_LEN]
         items = with_slot(interaction[self.ITEM_SEQ], lengths, interaction[self.POS_ITEM_ID])  # [B, L+1]
         behaviors = with_slot(interaction[self.BEHAVIOR_SEQ], lengths, interaction[self.BEHAVIOR])
@@ -103,6 +113,15 @@ class MBSTR(PredictFromFullSort, SequentialRecommender):
         behaviors = hide_behaviors(behaviors, masked, self.behavior_dropout_prob)
         hidden = self.forward(items.masked_fill(masked, self.mask_token), behaviors, padding)
         return F.cross_entropy(self.item_logits(hidden[masked], behaviors[masked]), labels)
+
+    def sequence_loss(self, interaction):
+        """Sequence mode: Cloze over the training window, no slot (see the module docstring)."""
+        items, lengths = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]  # [B, L], [B]
+        masked = sequence_cloze_mask(lengths, items.size(1), self.mask_ratio)
+        behaviors = hide_behaviors(interaction[self.BEHAVIOR_SEQ], masked, self.behavior_dropout_prob)
+        hidden = self.forward(items.masked_fill(masked, self.mask_token), behaviors,
+                              ~real_positions(lengths, items.size(1)))  # [B, L, H]
+        return F.cross_entropy(self.item_logits(hidden[masked], behaviors[masked]), items[masked])
 
     def full_sort_predict(self, interaction):
         lengths = interaction[self.ITEM_SEQ_LEN]

@@ -28,13 +28,15 @@ from torch import nn
 from recbole.model.abstract_recommender import SequentialRecommender
 
 from baselines import PredictFromFullSort
+from mbrec.data.dataset import TARGET_BEHAVIOR_LIST, TARGET_ITEM_LIST
 from mbrec.layers import bert_init
 from mbrec.layers.behavior_attention import BehaviorPairRelativeBias
 from mbrec.layers.cloze import hide_behaviors
 from mbrec.layers.wasserstein import WassersteinEncoderLayer, positive, squared_wasserstein
+from mbrec.models.causal import CausalSequenceTraining
 
 
-class PBAT(PredictFromFullSort, SequentialRecommender):
+class PBAT(CausalSequenceTraining, PredictFromFullSort, SequentialRecommender):
     """Gaussian tokens with personalized behaviors, Wasserstein attention with behavior relations, W2 scores."""
 
     behavior_conditioned = True
@@ -86,6 +88,12 @@ class PBAT(PredictFromFullSort, SequentialRecommender):
 
     def forward(self, interaction):
         """The last position's Gaussian: mean ``[B, H]`` and std stream ``[B, H]`` (before ``ELU + 1``)."""
+        mean, std = self.position_states(interaction)
+        last = torch.arange(mean.size(0), device=mean.device), interaction[self.ITEM_SEQ_LEN] - 1
+        return mean[last], std[last]
+
+    def position_states(self, interaction):
+        """Every position's Gaussian, mean and std stream ``[B, L, H]`` (causal: position j has seen rows 0..j)."""
         items, behaviors = interaction[self.ITEM_SEQ], interaction[self.BEHAVIOR_SEQ]  # [B, L]
         lengths = interaction[self.ITEM_SEQ_LEN]
         length = items.size(1)
@@ -101,22 +109,36 @@ class PBAT(PredictFromFullSort, SequentialRecommender):
         relations = self.behavior_relations(behaviors)  # [B, H, L, L]
         for layer in self.layers:
             mean, std = layer(mean, std, key_mask, relations)
-        last = torch.arange(items.size(0), device=items.device), lengths - 1
-        return mean[last], std[last]
+        return mean, std
 
     def item_scores(self, interaction):
         mean, std = self.forward(interaction)  # [B, H]
         asked = interaction[self.BEHAVIOR] if self.BEHAVIOR in interaction else torch.zeros_like(
             interaction[self.ITEM_SEQ_LEN])
+        return self.query_scores(mean, std, interaction[self.USER_ID], asked)
+
+    def query_scores(self, mean, std, users, asked):
+        """``-W2^2`` of every item ``[N, n_items]`` from Gaussians ``[N, H]`` shifted by the users' ``[N]``
+        Gaussians of the asked behaviors ``[N]`` (hidden with ``behavior_dropout_prob`` in training)."""
         if self.training:
             asked = hide_behaviors(asked, torch.ones_like(asked, dtype=torch.bool), self.behavior_dropout_prob)
-        asked_mean, asked_std = self.personalized_behaviors(interaction[self.USER_ID], asked)  # zero when unknown
-        query_mean, query_std = mean + asked_mean, positive(std + asked_std)  # [B, H]
+        asked_mean, asked_std = self.personalized_behaviors(users, asked)  # zero when unknown
+        query_mean, query_std = mean + asked_mean, positive(std + asked_std)  # [N, H]
         item_std = positive(self.item_std.weight)  # [n_items, H]
-        return -squared_wasserstein(query_mean, query_std, self.item_mean.weight, item_std)  # [B, n_items]
+        return -squared_wasserstein(query_mean, query_std, self.item_mean.weight, item_std)  # [N, n_items]
 
     def calculate_loss(self, interaction):
+        if self.sequence_training:
+            return super().calculate_loss(interaction)
         return nn.functional.cross_entropy(self.item_scores(interaction), interaction[self.POS_ITEM_ID])
+
+    def sequence_logits(self, interaction, has_target):
+        """At every target position, the query is shifted by the behavior of the interaction it predicts."""
+        mean, std = self.position_states(interaction)  # [B, L, H]
+        users = interaction[self.USER_ID].unsqueeze(1).expand_as(has_target)[has_target]  # [N]
+        asked = interaction[TARGET_BEHAVIOR_LIST][has_target]  # [N]
+        logits = self.query_scores(mean[has_target], std[has_target], users, asked)
+        return logits, interaction[TARGET_ITEM_LIST][has_target]
 
     def full_sort_predict(self, interaction):
         return self.item_scores(interaction)  # [B, n_items]

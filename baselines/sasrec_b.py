@@ -13,9 +13,10 @@ RecBole's ``SASRec``); the pair-token setting follows the baselines of Liu et al
 
 import torch
 from torch import nn
-from recbole.model.sequential_recommender.sasrec import SASRec
 
 from baselines import PredictFromFullSort
+from mbrec.data.dataset import TARGET_BEHAVIOR_LIST, TARGET_ITEM_LIST
+from mbrec.models.causal import SASRec
 
 
 class PairTokens:
@@ -72,6 +73,16 @@ class SASRec_B(PairTokens, PredictFromFullSort, SASRec):
         return seq_output @ self.item_embedding.weight.T  # [B, n_pairs]
 
     def calculate_loss(self, interaction):
+        if self.sequence_training:
+            return super().calculate_loss(interaction)
         logits = self.pair_logits(interaction)
         target = self.pair_ids(interaction[self.POS_ITEM_ID], interaction[self.BEHAVIOR])  # [B]
         return self.loss_fct(logits, target)
+
+    def sequence_logits(self, interaction, has_target):
+        """Pair logits ``[N, n_pairs]`` at every target position; the target is the next (item, behavior) pair."""
+        pair_seq = self.pair_ids(interaction[self.ITEM_SEQ], interaction[self.BEHAVIOR_SEQ])  # [B, L]
+        with self.reading_every_position():
+            states = self.forward(pair_seq, interaction[self.ITEM_SEQ_LEN])  # [B, L, H]
+        targets = self.pair_ids(interaction[TARGET_ITEM_LIST], interaction[TARGET_BEHAVIOR_LIST])  # [B, L]
+        return states[has_target] @ self.item_embedding.weight.T, targets[has_target]

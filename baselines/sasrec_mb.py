@@ -11,10 +11,11 @@ on SASRec's causal encoder (Kang & McAuley, ICDM 2018; RecBole's ``SASRec``).
 
 import torch
 from torch import nn
-from recbole.model.sequential_recommender.sasrec import SASRec
 
 from baselines import PredictFromFullSort
+from mbrec.data.dataset import TARGET_BEHAVIOR_LIST, TARGET_ITEM_LIST
 from mbrec.layers.behavior import MultiBehaviorEmbedding
+from mbrec.models.causal import SASRec
 
 
 class SASRec_MB(PredictFromFullSort, SASRec):
@@ -32,21 +33,36 @@ class SASRec_MB(PredictFromFullSort, SASRec):
         self.apply(self._init_weights)
         self.behaviors.zero_padding()
 
-    def encode(self, interaction):
+    def position_states(self, interaction):
+        """Encoder output at every position ``[B, L, H]`` (causal: position j has seen rows 0..j)."""
         item_seq = interaction[self.ITEM_SEQ]  # [B, L]
         positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)  # [1, L]
         hidden = (self.item_embedding(item_seq) + self.behaviors.history_embedding(interaction)
                   + self.position_embedding(positions))  # [B, L, H]
         hidden = self.dropout(self.LayerNorm(hidden))
         attention_mask = self.get_attention_mask(item_seq)
-        output = self.trm_encoder(hidden, attention_mask, output_all_encoded_layers=True)[-1]
-        last = self.gather_indexes(output, interaction[self.ITEM_SEQ_LEN] - 1)  # [B, H]
-        asked = self.behaviors.asked_embedding(interaction)  # [B, H]; zeros when told nothing
-        return last + self.query_fusion(torch.cat([last, asked], dim=-1))  # [B, H]
+        return self.trm_encoder(hidden, attention_mask, output_all_encoded_layers=True)[-1]
+
+    def fused_query(self, state, asked):
+        """Query ``[..., H]`` from encoder states ``[..., H]`` and asked behavior ids ``[...]`` (0 = told nothing)."""
+        return state + self.query_fusion(torch.cat([state, self.behaviors.asked(asked)], dim=-1))
+
+    def encode(self, interaction):
+        last = self.gather_indexes(self.position_states(interaction), interaction[self.ITEM_SEQ_LEN] - 1)  # [B, H]
+        return self.fused_query(last, self.behaviors.asked_behavior(interaction))  # [B, H]
 
     def calculate_loss(self, interaction):
+        if self.sequence_training:
+            return super().calculate_loss(interaction)
         logits = self.encode(interaction) @ self.item_embedding.weight.T  # [B, n_items]
         return self.loss_fct(logits, interaction[self.POS_ITEM_ID])
+
+    def sequence_logits(self, interaction, has_target):
+        """At every target position, the query asks for the behavior of the interaction it predicts."""
+        states = self.position_states(interaction)[has_target]  # [N, H]
+        asked = self.behaviors.hidden_in_training(interaction[TARGET_BEHAVIOR_LIST][has_target])  # [N]
+        logits = self.fused_query(states, asked) @ self.item_embedding.weight.T  # [N, n_items]
+        return logits, interaction[TARGET_ITEM_LIST][has_target]
 
     def full_sort_predict(self, interaction):
         return self.encode(interaction) @ self.item_embedding.weight.T  # [B, n_items]

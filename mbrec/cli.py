@@ -153,9 +153,15 @@ def _report(records, failures, args):
 
 def write_comparison_tables(records, args):
     """The comparison table of this command's runs; a failed (model, dataset) is a marked hole."""
+    from mbrec.protocol import ProtocolMismatch
+    from mbrec.reporting.protocols import split_by_protocol
     from mbrec.reporting.tables import build_table, default_tables_dir, to_markdown, write_tables
 
-    table = build_table(records, models=args.models)
+    try:
+        table = build_table(records, models=args.models)
+    except ProtocolMismatch as error:  # e.g. a model YAML sets another valid_task: one column per protocol
+        print(f"Note: {error}\nShowing a column per protocol variant.", file=sys.stderr)
+        table = build_table(split_by_protocol(records), models=args.models)
     print(to_markdown(table))
     for name, path in write_tables(table, default_tables_dir(args.results_dir)).items():
         print(f"wrote {name}: {path}")

@@ -53,4 +53,7 @@ warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"recbole\
 #   state_dicts, which load with ``weights_only=True``.
 # - recbole's Trainer names checkpoints by second-resolution timestamps, so parallel
 #   trials collide; mbrec's trainer writes into each run's own directory.
+# - ``recbole.model.sequential_recommender`` (imported by every RecBole sequential model) imports
+#   sine.py, which switches torch's autograd anomaly detection on for the whole process; mbrec's
+#   ``Trainer`` switches it off (it costs a stack trace per autograd node in every backward).
 # - pandas 3 breaks recbole's NaN filling and token_seq parsing: setup.cfg pins pandas<3.

@@ -13,6 +13,7 @@ from recbole.config import Config
 from recbole.data.transform import construct_transform
 
 from mbrec import registry
+from mbrec.data.dataset import TRAIN_UNIT_KINDS, TRAIN_UNITS
 from mbrec.data.declarations import declaration_file
 from mbrec.data.prepare import update_prepare_options
 from mbrec.utils import PROPERTIES_DIR
@@ -131,6 +132,28 @@ class MBConfig(Config):
         return {}
 
 
+def check_train_unit(model_class, settings):
+    """``train_unit`` must be one the model class declares (``train_units``; default prefix only).
+
+    Called before any data is loaded. Sequence mode computes the loss in the model from whole
+    windows, so it takes no sampled negatives (the models' sequence losses are over all items).
+    """
+    unit = settings.get("train_unit") or "prefix"
+    name = model_class.__name__
+    if unit not in TRAIN_UNITS:
+        raise ConfigError(f"train_unit must be one of {list(TRAIN_UNITS)}, got {unit!r}")
+    supported = tuple(getattr(model_class, "train_units", ("prefix",)))
+    if unit not in supported:
+        raise ConfigError(f"{name} does not train with train_unit: {unit}; it supports {list(supported)}")
+    if unit == "sequence":
+        if getattr(model_class, "train_unit_kind", None) not in TRAIN_UNIT_KINDS:
+            raise ConfigError(f"{name} declares train_unit sequence but no train_unit_kind in {TRAIN_UNIT_KINDS}")
+        negatives = settings.get("train_neg_sample_args") or {}
+        if negatives.get("distribution", "none") not in (None, "none"):
+            raise ConfigError(f"train_unit: sequence trains with cross-entropy over all items; "
+                              f"train_neg_sample_args {negatives} needs train_unit: prefix")
+
+
 def build_config(model, dataset_dir, settings):
     """A RecBole config for ``model`` on the prepared atomic files in ``dataset_dir``.
 
@@ -138,6 +161,7 @@ def build_config(model, dataset_dir, settings):
     variable config, which beats RecBole's internal defaults.
     """
     settings = dict(settings)
+    check_train_unit(registry.get_model_class(model) if isinstance(model, str) else model, settings)
     settings["data_path"] = str(dataset_dir.parent)
     config = MBConfig(model=model, dataset=dataset_dir.name, config_dict=settings)
     # Protocol: drop users with fewer than min_user_inter interactions; optional item k-core.

@@ -12,6 +12,10 @@ from mbrec.data import declarations
 from mbrec.utils import PROPERTIES_DIR
 
 MBREC_MODELS = {
+    # RecBole's own classes with sequence-mode training added (same parameters, same prefix mode)
+    "SASRec": "mbrec.models.causal:SASRec",
+    "GRU4Rec": "mbrec.models.causal:GRU4Rec",
+    "BERT4Rec": "baselines.bert4rec:BERT4Rec",  # RecBole's, plus the sequence training unit
     "SASRec_B": "baselines.sasrec_b:SASRec_B",
     "SASRec_MB": "baselines.sasrec_mb:SASRec_MB",
     "BERT4Rec_MB": "baselines.bert4rec_mb:BERT4Rec_MB",

@@ -33,6 +33,9 @@ FORBIDDEN = {
                         "baselines", "mbrec.data", "mbrec.layers", "mbrec.registry", "mbrec.config",
                         "mbrec.evaluation.evaluator"),
     "mbrec.results": ("torch", "recbole", "mbrec.benchmark", "mbrec.reporting", "mbrec.cli", "mbrec.training"),
+    # the protocol fingerprint: read by the runner and by reporting, so standard library only
+    "mbrec.protocol": ("torch", "recbole", "numpy", "mbrec.benchmark", "mbrec.reporting", "mbrec.cli",
+                       "mbrec.training", "mbrec.data", "mbrec.models", "baselines", "mbrec.evaluation"),
 }
 
 

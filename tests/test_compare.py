@@ -7,7 +7,7 @@ from mbrec.reporting.compare import compare_main, compare_runs, resolve_run
 from mbrec.results import ResultsError
 from mbrec.cli import main
 from mbrec.reporting.stats import adjust_pvalues, per_user_values
-from tests.test_tables import MISS, TASK, make_record, store
+from tests.test_tables import MISS, TASK, _recorded_protocol, make_record, store
 
 TOLERANCE = 1e-9
 # Six users; u0..u2 are repeat targets. A hits four, B two of the same users.
@@ -110,3 +110,31 @@ def test_compare_prints_why_a_comparison_has_no_p_value(tmp_path, capsys):
     row = next(line for line in output.splitlines() if line.startswith(f"| {TASK} | recall@10"))
     assert row.count("n/a: zero variance (every difference is +1)") == 2  # over users, and across seeds
     assert "n = users (seed-averaged)" in output and "across-seed paired t-test" in output
+
+
+def test_runs_under_different_protocols_are_refused_naming_the_keys(tmp_path, capsys):
+    (record_a,), (record_b,) = _records()
+    _recorded_protocol(record_a)
+    _recorded_protocol(record_b, mask_history=True)
+    from mbrec.protocol import ProtocolMismatch
+    with pytest.raises(ProtocolMismatch, match=r"mask_history: False vs True"):
+        compare_runs({0: record_a}, {0: record_b})
+    store(tmp_path, record_a)
+    store(tmp_path, record_b)
+    assert compare_main(["A/ds", "B/ds", "--results-dir", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert "different protocols" in error and "mask_history: False vs True" in error
+    _recorded_protocol(record_b)  # same protocol: compared, and the header names it
+    assert compare_runs({0: record_a}, {0: record_b})[0]
+
+
+def test_a_spec_with_records_under_two_protocols_needs_one_named(tmp_path, capsys):
+    (record_a,), _ = _records()
+    masked = _recorded_protocol(make_record("A", {TASK: RANKS_A}, created="2024-06-01T00:00:00+00:00"),
+                            mask_history=True)
+    store(tmp_path, _recorded_protocol(record_a))
+    store(tmp_path, masked)
+    with pytest.raises(ResultsError, match=r"(?s)2 protocols .* mask_history: False vs True"):
+        resolve_run("A/ds", tmp_path)
+    runs = resolve_run("A/ds", tmp_path, protocol=masked["protocol_fingerprint"][:6])
+    assert runs[0]["run_key"] == masked["run_key"]

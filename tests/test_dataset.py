@@ -144,3 +144,18 @@ def test_target_in_window_sees_only_the_truncated_window(tmp_path):
     users = dataset.user_tokens(test.target_rows).tolist()
     assert dict(zip(users, dataset.target_in_window(test.target_rows, chunk_size=1).tolist())) == {
         "u": True, "v": False}
+
+
+def test_unsorted_file_orders_by_exact_time_within_float32_spacing(tmp_path):
+    """RecBole holds ``timestamp:float`` as float32 (128 s apart at Unix times): order by the exact time."""
+    base = 1_500_000_000  # a multiple of 128: base + 10 and base + 60 both round to base in float32
+    rows = [("u", "i_old", "view", base - 1000), ("u", "i_late", "buy", base + 60), ("u", "i_early", "cart", base + 10),
+            ("v", "i_early", "view", base + 5), ("v", "i_old", "view", base + 1), ("v", "i_late", "view", base + 3)]
+    dataset, (_, valid, test) = build(tmp_path, rows)
+    _, user_u = sequence_of(dataset, "u")
+    assert user_u == [("i_old", "view"), ("i_early", "cart"), ("i_late", "buy")]
+    _, user_v = sequence_of(dataset, "v")
+    assert [item for item, _ in user_v] == ["i_old", "i_late", "i_early"]
+    targets = dict(zip(test.user_tokens(test.target_rows), test.target_items(test.target_rows)))
+    assert dataset.id2token(dataset.iid_field, targets["u"]) == "i_late"
+    assert dataset.id2token(dataset.iid_field, targets["v"]) == "i_early"

@@ -135,6 +135,19 @@ def test_history_masking_removes_input_items(split):
     assert ranks["d"] == 0 and ranks["a"] >= dataset.item_num - 1 and ranks["b"] >= dataset.item_num - 1
 
 
+def test_history_masking_masks_the_input_window_only(tmp_path):
+    """mask_history removes the window's items; an item met only before the window stays rankable."""
+    rows = [("e", "i1", "view", 1), ("e", "i2", "view", 2), ("e", "i3", "view", 3), ("e", "i4", "view", 4),
+            ("e", "i1", "buy", 5)]  # window of 2 before the test target: i3, i4; i1 is older
+    config = make_config("SASRec", write_inter(tmp_path, "window", rows), behaviors=["view", "cart", "buy"],
+                         MAX_ITEM_LIST_LENGTH=2, mask_history=True)
+    dataset = MultiBehaviorSequentialDataset(config)
+    _, _, test = dataset.build()
+    ranks = Evaluator(config).evaluate(Oracle(dataset, test.target_rows, dataset.item_num), test,
+                                       tasks=["next_item"])["next_item"].ranks
+    assert ranks.tolist() == [0]
+
+
 def test_wrong_shapes_and_nan_are_reported(split):
     config, dataset, test = split
 

@@ -14,7 +14,8 @@ from tests.conftest import make_config, write_inter
 from tests.test_runner import behavior_rule_rows, tiny_run
 
 HIDDEN, HEADS, LENGTH = 16, 2, 10
-TINY_FATSMB = dict(behaviors=["view", "cart", "buy"], hidden_size=16, inner_size=32, n_layers=1,
+# train_unit prefix: these tests feed prefix examples (the slot); sequence mode: tests/test_cloze_sequence.py
+TINY_FATSMB = dict(train_unit="prefix", behaviors=["view", "cart", "buy"], hidden_size=16, inner_size=32, n_layers=1,
                    hidden_dropout_prob=0.0, attn_dropout_prob=0.0, diffusion_steps=20, ddim_skip=5,
                    eval_tasks=["behavior_specific"], topk=[1, 5, 10], train_batch_size=32, eval_batch_size=64)
 
@@ -250,6 +251,7 @@ def test_fatsmb_runs_through_the_runner(tmp_path):
     ndcg = spread["tasks"]["behavior_specific"]["ndcg@10"]
     assert len(ndcg["values"]) == 3 and ndcg["std"] >= 0
     assert ndcg["values"][0] == pytest.approx(record["results"]["behavior_specific"]["metrics"]["ndcg@10"])
+    assert record["test_lock"]["test_evaluations"] == 3  # its own sampling seed and the 2 repeats
 
 
 def test_fatsmb_uses_the_asked_behavior_where_item_only_models_cannot(rule_data, tmp_path):

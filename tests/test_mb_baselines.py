@@ -19,7 +19,8 @@ CLOZE_MODELS = ["BERT4Rec_MB", "BERT4Rec_B", "MBSTR"]
 MODELS = [*CLOZE_MODELS, "PBAT"]
 TINY = dict(behaviors=["view", "cart", "buy"], hidden_size=16, inner_size=32, n_layers=1, hidden_dropout_prob=0.0,
             attn_dropout_prob=0.0, MAX_ITEM_LIST_LENGTH=16, train_batch_size=64, eval_batch_size=64,
-            eval_tasks=["behavior_specific"], topk=[1, 5, 10])
+            eval_tasks=["behavior_specific"], topk=[1, 5, 10],
+            train_unit="prefix")  # the tests here feed prefix batches (sequence mode: tests/test_cloze_sequence.py)
 
 
 def cycle_rows(n_users=40, n_items=8):

@@ -37,6 +37,11 @@ def test_run_writes_a_complete_record_and_reuses_it(tmp_path):
         assert len(per_user["user"]) == len(per_user["rank"]) == stored["results"][task]["n_users"]
     assert stored["results"]["behavior_item"] is None  # SASRec has no behavior head
     assert stored["efficiency"]["parameters"] > 0 and stored["versions"]["recbole"] == "1.2.1"
+    protocol = stored["protocol"]  # what was measured: data by content, window, tasks, ...; no hyperparameter
+    assert protocol["dataset"] == "synthetic" and protocol["data"].startswith("inter-sha256:")
+    assert protocol["MAX_ITEM_LIST_LENGTH"] == 50 and protocol["valid_task"] == "behavior_specific"
+    assert "hidden_size" not in protocol and "seed" not in protocol
+    assert len(stored["protocol_fingerprint"]) == 12
     assert list((tmp_path / "results" / "logs").rglob("*.log"))
     again = tiny_run(tmp_path, hidden_size=16, inner_size=32)
     assert again["created"] == record["created"]  # found, not retrained
@@ -52,6 +57,11 @@ def test_same_seed_same_numbers(tmp_path):
     other_seed = run("SASRec_B", "synthetic", overrides={**TINY_SYNTHETIC, "hidden_size": 16, "inner_size": 32},
                      seed=7, cache_dir=tmp_path / "a" / "cache", results_dir=tmp_path / "a" / "results")
     assert other_seed["run_key"] != first["run_key"]
+    assert other_seed["protocol_fingerprint"] == first["protocol_fingerprint"]  # a seed is no protocol setting
+    masked = run("SASRec_B", "synthetic", overrides={**TINY_SYNTHETIC, "hidden_size": 16, "inner_size": 32,
+                                                     "mask_history": True},
+                 cache_dir=tmp_path / "a" / "cache", results_dir=tmp_path / "a" / "results")
+    assert masked["protocol_fingerprint"] != first["protocol_fingerprint"]
 
 
 def test_corrupted_record_is_reported_not_used(tmp_path):
@@ -151,12 +161,16 @@ def test_a_failed_run_is_a_marked_hole_with_its_log(tmp_path, capsys):
 def test_saved_item_vectors_feed_mbgen_semantic_ids(tmp_path):
     """A run can export its selected item table; MBGen's SID tokenizer reads it as item_vectors_file."""
     prefix = tmp_path / "vectors" / "sasrec_items"
-    record = tiny_run(tmp_path, hidden_size=16, inner_size=32, save_item_vectors=str(prefix))
+    # the same protocol (window of 5) as the MBGen run below: vectors from another protocol are refused
+    record = tiny_run(tmp_path, hidden_size=16, inner_size=32, MAX_ITEM_LIST_LENGTH=5, save_item_vectors=str(prefix))
     vectors = np.load(prefix.with_suffix(".npy"))
     tokens = prefix.with_suffix(".ids").read_text().split()
     assert vectors.shape == (51, 16) and len(tokens) == 51  # 50 items + padding row, hidden 16
     assert np.abs(vectors[1:]).sum() > 0 and len(set(tokens)) == 51
-    again = tiny_run(tmp_path, hidden_size=16, inner_size=32)  # the export does not change the run key
+    provenance = json.loads(prefix.with_suffix(".provenance.json").read_text())
+    assert provenance["protocol_fingerprint"] == record["protocol_fingerprint"]
+    assert provenance["dataset"] == "synthetic" and provenance["trained_on"] == "train"
+    again = tiny_run(tmp_path, hidden_size=16, inner_size=32, MAX_ITEM_LIST_LENGTH=5)  # export: same run key
     assert again["run_key"] == record["run_key"] and again["created"] == record["created"]
     mbgen = tiny_run(tmp_path / "mbgen", model="MBGen", epochs=1, item_tokenizer="sid",
                      item_vectors_file=str(prefix.with_suffix(".npy")), item_vectors_ids=str(prefix.with_suffix(".ids")),
@@ -164,5 +178,9 @@ def test_saved_item_vectors_feed_mbgen_semantic_ids(tmp_path):
                      n_heads=2, d_head=8, n_encoder_layers=1, n_decoder_layers=1, behavior_injection_layers=1,
                      behavior_embedding_size=4, warmup_steps=2, MAX_ITEM_LIST_LENGTH=5)
     assert mbgen["results"]["behavior_specific"]["n_users"] > 0
+    assert mbgen["item_vectors"]["run_key"] == record["run_key"]  # the record names the vectors it read
+    with pytest.raises(ConfigError, match="MAX_ITEM_LIST_LENGTH: 5 vs 4"):
+        tiny_run(tmp_path / "mbgen4", model="MBGen", epochs=1, item_tokenizer="sid",
+                 item_vectors_file=str(prefix.with_suffix(".npy")), MAX_ITEM_LIST_LENGTH=4)
     with pytest.raises(ConfigError, match="no item_embedding table"):
         tiny_run(tmp_path / "pop", model="Pop", save_item_vectors=str(tmp_path / "pop_items"))

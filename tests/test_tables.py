@@ -546,3 +546,52 @@ def test_table_and_compare_give_the_same_p_for_the_same_pair(tmp_path):
         assert rows[0].test.n == best.user_test.n == n_users
         assert rows[0].seed_test.pvalue == pytest.approx(best.seed_test.pvalue, rel=1e-9)
         assert (rows[0].effect.ci_low, rows[0].effect.ci_high) == (best.effect.ci_low, best.effect.ci_high)
+
+
+def _recorded_protocol(record, **changes):
+    """Give ``record`` a protocol as the runner stores it, with ``changes`` to its settings."""
+    from mbrec.protocol import protocol_fingerprint, protocol_of
+
+    settings = {"eval_tasks": [TASK], "topk": [5, 10, 20], "valid_task": TASK, "valid_metric": "ndcg@10",
+                **changes}
+    record["protocol"] = protocol_of(record["dataset"], "inter-sha256:abc", record["heldout"], settings)
+    record["protocol_fingerprint"] = protocol_fingerprint(record["protocol"])
+    return record
+
+
+def test_a_masked_and_an_unmasked_run_are_never_averaged_into_one_cell(tmp_path, capsys):
+    """Issue 18: a masked and an unmasked run of one model were averaged into one starred cell."""
+    from mbrec.protocol import ProtocolMismatch
+
+    store(tmp_path, _recorded_protocol(make_record("A", {TASK: [0, 0, 1, 2]}, seed=0)))
+    store(tmp_path, _recorded_protocol(make_record("A", {TASK: [0, 0, 0, 0]}, seed=1), mask_history=True))
+    store(tmp_path, _recorded_protocol(make_record("B", {TASK: [5, 7, 30, 40]}, seed=0)))
+    records, _ = collect_records(tmp_path)
+    with pytest.raises(ProtocolMismatch, match=r"ds: protocol \w+ \(A seed 1 .*mask_history: False vs True"):
+        build_table(records)
+    assert table_main(["--results-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert "different protocols" in error and "mask_history: False vs True" in error and "--by-protocol" in error
+
+    code = table_main(["--results-dir", str(tmp_path), "--out", str(tmp_path / "out"), "--by-protocol",
+                       "--metrics", "recall@10"])
+    output = capsys.readouterr().out
+    assert code == 0 and "ds is shown under 2 protocols differing in: mask_history" in output
+    masked = next(record for record in records if record["seed"] == 1)["protocol_fingerprint"]
+    header = next(line for line in output.splitlines() if line.startswith("| Model"))
+    assert f"ds [{masked[:8]}]" in header and header.count("ds [") == 2
+    unmasked = records[0]["protocol_fingerprint"]
+    assert table_main(["--results-dir", str(tmp_path), "--out", str(tmp_path / "out"), "--protocol",
+                       unmasked[:6]]) == 0
+
+
+def test_the_footnote_says_which_of_several_records_it_used_and_why(tmp_path):
+    store(tmp_path, make_record("A", {TASK: [MISS, MISS]}, created="2024-01-01T00:00:00+00:00"))
+    newest = store(tmp_path, make_record("A", {TASK: [0, 0]}, created="2024-06-01T00:00:00+00:00"))
+    store(tmp_path, _recorded_protocol(make_record("A", {TASK: [1, 1]}, created="2024-07-01T00:00:00+00:00"),
+                                       mask_history=True))
+    records, _ = collect_records(tmp_path)
+    assert len(records) == 2  # one per protocol: the masked run is not a newer copy of the unmasked one
+    table = build_table([record for record in records if "protocol" not in record])
+    choice = next(line for line in table.footnote if line.startswith("Record choice"))
+    assert f"using {newest} (the newest, created 2024-06-01" in choice and "2 records for A on ds seed 0" in choice

@@ -76,6 +76,7 @@ def test_the_record_names_the_checkpoint_test_was_evaluated_on(tmp_path, touched
     assert lock["valid_value"] == pytest.approx(record["training"]["best_valid_score"])
     assert lock["valid_value"] == max(entry["valid_score"] for entry in record["training"]["history"])
     assert lock["valid_metric"] == "ndcg@10" and lock["selected_on"] == "valid"
+    assert lock["test_evaluations"] == 1
 
 
 # ----- loader prefetching, data-wait accounting, bf16 -------------------------------------------
@@ -133,3 +134,12 @@ def test_training_records_data_wait_and_runs_in_bf16(tmp_path, precision):
         assert entry["loss"] == entry["loss"] and entry["loss"] > 0  # finite, not NaN
     with pytest.raises(ValueError, match="precision"):
         Trainer(make_config("SASRec", tmp_path / "tiny", precision="fp8"), network, torch.device("cpu"))
+
+
+def test_training_runs_without_autograd_anomaly_detection(tmp_path):
+    """RecBole's sine.py switches anomaly detection on at import; the trainer switches it off (pure cost)."""
+    torch.autograd.set_detect_anomaly(True)  # what importing recbole.model.sequential_recommender does, once
+    config = make_config("SASRec", write_inter(tmp_path, "tiny", ROWS), hidden_size=8, inner_size=16)
+    train, _, _ = MultiBehaviorSequentialDataset(config).build()
+    Trainer(config, registry.get_model_class("SASRec")(config, train), torch.device("cpu"))
+    assert not torch.is_anomaly_enabled()

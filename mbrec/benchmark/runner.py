@@ -21,10 +21,11 @@ from mbrec.registry import UnknownModelError
 from mbrec import results as store
 from mbrec.results import ResultsError
 from mbrec.training.trainer import Trainer, TrainingError
-from mbrec.config import ConfigError, build_config, merge_layers
+from mbrec.config import ConfigError, build_config, check_train_unit, merge_layers
 from mbrec.data.dataset import DatasetError, MultiBehaviorSequentialDataset
 from mbrec.data.prepare import LOCATION_KEYS, DataPreparationError, dataset_spec, prepare, read_meta
 from mbrec.evaluation import Evaluator
+from mbrec.benchmark import integrity
 from mbrec.utils import REPO_DIR, atomic_path, file_sha256
 
 logger = logging.getLogger("mbrec")
@@ -103,12 +104,14 @@ def plan_run(model, dataset, config_files=(), overrides=None, seed=None, data_pa
     skips stored runs before scheduling them).
     """
     settings = merge_layers(model, dataset, config_files, overrides)
+    check_train_unit(registry.get_model_class(model), settings)  # before the data is prepared
     if seed is not None:
         settings["seed"] = int(seed)
     seed = int(settings["seed"])
     canonical, dataset_dir = prepare_data(dataset, settings, data_path, cache_dir)
     results_dir = results_dir or store.default_results_dir()
-    key = store.run_key(model, dataset_dir.name, settings, seed, read_meta(dataset_dir).get("fingerprint"))
+    key = store.run_key(model, dataset_dir.name, integrity.key_settings(settings), seed,
+                        read_meta(dataset_dir).get("fingerprint"))
     path = store.record_path(results_dir, model, dataset_dir.name, seed, key)
     return SimpleNamespace(settings=settings, seed=seed, canonical=canonical, dataset_dir=dataset_dir, key=key,
                            path=path, results_dir=results_dir)
@@ -153,9 +156,13 @@ def setup_run(model_class, dataset_dir, settings, seed, device, with_test=True):
     trial trains exactly what the runner would. A trial passes ``with_test=False``: its
     ``test_data`` is None, so it cannot evaluate test even by mistake (test lock).
 
+    Stops before the model is built when the valid split has no example for ``valid_task`` or
+    the item vectors it would read come from another dataset or protocol (``mbrec.benchmark.integrity``).
+
     Returns:
         ``types.SimpleNamespace`` with ``config``, ``dataset``, ``train_data``, ``valid_data``,
-        ``test_data``, ``network``, ``n_parameters``, ``data_seconds``, ``device``.
+        ``test_data``, ``network``, ``n_parameters``, ``data_seconds``, ``device``, ``protocol``,
+        ``protocol_fingerprint``, ``item_vectors`` (the provenance of the vectors read, or None).
     """
     from recbole.utils import init_seed
 
@@ -176,6 +183,10 @@ def setup_run(model_class, dataset_dir, settings, seed, device, with_test=True):
     logger.info(f"data: {dataset.user_num - 1} users, {dataset.item_num - 1} items, {len(dataset.inter_feat)} "
                 f"interactions; examples train {len(train_data.target_rows)} valid {len(valid_data.target_rows)} "
                 f"test {len(test_data.target_rows) if with_test else 'not built'} ({data_seconds:.1f}s)")
+    integrity.check_valid_examples(valid_data, config["valid_task"], model_class)
+    protocol, fingerprint = integrity.run_protocol(dataset_dir, settings)
+    item_vectors = integrity.check_item_vectors(settings, protocol, fingerprint)
+    logger.info(f"protocol {fingerprint}: {protocol}")
 
     init_seed(seed, config["reproducibility"])
     network = model_class(config, train_data).to(device)
@@ -183,7 +194,8 @@ def setup_run(model_class, dataset_dir, settings, seed, device, with_test=True):
     logger.info(f"{model_class.__name__}: {n_parameters} parameters")
     return SimpleNamespace(config=config, dataset=dataset, train_data=train_data, valid_data=valid_data,
                            test_data=test_data, network=network, n_parameters=n_parameters,
-                           data_seconds=data_seconds, device=device)
+                           data_seconds=data_seconds, device=device, protocol=protocol,
+                           protocol_fingerprint=fingerprint, item_vectors=item_vectors)
 
 
 def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key, path, log_file):
@@ -211,8 +223,12 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
     test_results = Evaluator(config).evaluate(network, test_data, tasks=tasks, device=device)  # the only time
     eval_seconds = time.perf_counter() - start
     sampling_spread = _sampling_spread(network, config, test_data, tasks, device, test_results)
+    if sampling_spread:  # the same weights were evaluated on test again, once per further sampling seed
+        test_lock["test_evaluations"] += len(sampling_spread["seeds"]) - 1
     if settings.get("save_item_vectors"):
-        save_item_vectors(network, dataset, Path(settings["save_item_vectors"]))
+        vectors_file = save_item_vectors(network, dataset, Path(settings["save_item_vectors"]))
+        integrity.write_vectors_provenance(vectors_file, integrity.vectors_provenance(
+            vectors_file, model, seed, key, dataset_dir, built.protocol, built.protocol_fingerprint))
     checkpoint.unlink(missing_ok=True)  # the record is the product; weights are not kept (their hash is)
 
     train_epochs = [entry["train_seconds"] for entry in trainer.history]
@@ -222,6 +238,8 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
         "dataset": dataset_dir.name,
         "dataset_canonical": canonical,
         "heldout": settings.get("heldout"),
+        "protocol": built.protocol,
+        "protocol_fingerprint": built.protocol_fingerprint,
         "seed": seed,
         "config": settings,
         "data": {key_: read_meta(dataset_dir).get(key_) for key_ in ("fingerprint", "n_rows", "n_users", "n_items")}
@@ -232,6 +250,7 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
         "valid_results": {task: (result.metrics if result else None) for task, result in valid_results.items()},
         "training": fit_summary | {"history": trainer.history},
         "model_notes": getattr(network, "run_notes", None),  # what the model ran with (e.g. M3BSR: ID-only)
+        "item_vectors": built.item_vectors,  # provenance of the vectors MBGen's semantic IDs were built from
         "test_lock": test_lock,
         "sampling_spread": sampling_spread,
         "efficiency": {
@@ -307,7 +326,8 @@ def _item_table(network, n_items):
 def save_item_vectors(network, dataset, prefix):
     """Write the selected weights' item table as ``prefix.npy`` (``[n_items, d]``, row 0 padding) and
     ``prefix.ids`` (the item token of each row), the input MBGen's semantic IDs read
-    (``item_vectors_file`` / ``item_vectors_ids``). Rows past ``n_items`` (a [mask] item) are dropped."""
+    (``item_vectors_file`` / ``item_vectors_ids``). Rows past ``n_items`` (a [mask] item) are dropped.
+    Returns the ``.npy`` path (the runner writes its provenance beside it)."""
     vectors = _item_table(network, dataset.item_num).weight.detach()[:dataset.item_num].float().cpu().numpy()
     tokens = [str(token) for token in dataset.field2id_token[dataset.iid_field]]
     with atomic_path(prefix.with_suffix(".npy")) as tmp, open(tmp, "wb") as handle:
@@ -315,6 +335,7 @@ def save_item_vectors(network, dataset, prefix):
     with atomic_path(prefix.with_suffix(".ids")) as tmp:
         Path(tmp).write_text("\n".join(tokens) + "\n", encoding="utf-8")
     logger.info(f"item vectors [{vectors.shape[0]}, {vectors.shape[1]}] -> {prefix.with_suffix('.npy')}")
+    return prefix.with_suffix(".npy")
 
 
 def _test_lock(checkpoint, config, fit_summary):

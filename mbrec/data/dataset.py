@@ -19,12 +19,29 @@ Batch fields (RecBole names): ``user_id`` [B], ``item_id_list`` [B, L], ``behavi
 expect). Training batches add the target ``item_id`` [B] and its ``behavior`` [B]. Evaluation
 batches never carry the target item; they carry ``behavior`` only when the task allows it
 (see ``mbrec.evaluation``).
+
+Training units (config ``train_unit``). ``prefix`` (above): one example per training target.
+``sequence``: one example per *window* of a user's training part (every row strictly before the
+valid target, so valid and test targets never enter it), built by :class:`WindowLoader`:
+
+* causal models (``train_unit_kind = "causal"``): windows of at most ``L + 1`` rows (L =
+  ``MAX_ITEM_LIST_LENGTH``) cut from the start of the part, consecutive windows sharing one row
+  (stride L). The input is the first L rows; position j predicts row j + 1, given in
+  ``target_item_list`` [B, L] and ``target_behavior_list`` [B, L] (0 = no target). Every training
+  target of prefix mode is predicted exactly once per epoch. A part of at most L + 1 rows is one
+  window and each position sees exactly the history its prefix example sees; in a later window of
+  a longer part, a target sees the rows of its window before it (1 to L) where its prefix example
+  sees the L rows before it.
+* Cloze models (``train_unit_kind = "cloze"``): one window of at most L rows per user and epoch,
+  the part's last L rows or, for a longer part, with probability ``cloze_random_window_prob``
+  (default 0: never) a uniformly drawn window of L rows; the model draws its own masks.
 """
 
 import queue
 import threading
 
 import numpy as np
+import pandas as pd
 import torch
 from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
@@ -33,6 +50,16 @@ from recbole.utils import FeatureSource, FeatureType
 
 SPLITS = ("train", "valid", "test")
 PAD_ID = 0
+TRAIN_UNITS = ("prefix", "sequence")
+TRAIN_UNIT_KINDS = ("causal", "cloze")
+# Sequence-mode batch fields of causal windows: what each input position predicts.
+TARGET_ITEM_LIST = "target_item_list"
+TARGET_BEHAVIOR_LIST = "target_behavior_list"
+
+
+def train_unit(config):
+    """The run's training unit; a model whose YAML declares none trains on prefixes."""
+    return config["train_unit"] or "prefix"
 
 
 class DatasetError(ValueError):
@@ -92,6 +119,16 @@ class MultiBehaviorSequentialDataset(SequentialDataset):
         super()._remap_ID_all()
         self._order_behavior_ids()
 
+    def _change_feat_format(self):
+        # Order by exact time while timestamps are still float64 (pandas): RecBole then converts them
+        # to float32, whose spacing at Unix times is 128 s, and data_augmentation's sort could no
+        # longer tell apart interactions less than 128 s apart. Stable, so ties keep the file order
+        # (the protocol's tie rule); the later float32 sort is stable and keeps this order.
+        uid, time = self.config["USER_ID_FIELD"], self.config["TIME_FIELD"]
+        if isinstance(self.inter_feat, pd.DataFrame) and time in self.inter_feat:
+            self.inter_feat = self.inter_feat.sort_values([uid, time], kind="stable").reset_index(drop=True)
+        super()._change_feat_format()
+
     def _order_behavior_ids(self):
         """Re-number behavior ids by the configured vocabulary (RecBole numbers by first appearance)."""
         field = self.behavior_field
@@ -137,6 +174,7 @@ class MultiBehaviorSequentialDataset(SequentialDataset):
         is_first[1:] = user_ids[1:] != user_ids[:-1]
         user_starts = np.flatnonzero(is_first)
         user_counts = np.diff(np.append(user_starts, n_rows))
+        self.user_row_starts, self.user_row_counts = user_starts, user_counts  # [n_users_with_rows]
         self.row_user_start = np.repeat(user_starts, user_counts)  # [n_rows]
         self.row_arrays = {field: self.inter_feat[field].numpy() for field in
                            [self.uid_field, *self.sequence_fields]}
@@ -242,6 +280,64 @@ class MultiBehaviorSequentialDataset(SequentialDataset):
             batch[self.behavior_field] = torch.full((len(target_rows),), int(behavior_hint), dtype=torch.long)
         return Interaction(batch)
 
+    # ------------------------------------------------------------------ sequence windows
+    def training_parts(self):
+        """First row ``[U]`` and number of rows ``[U]`` of each user's training part.
+
+        The part is every row strictly before the user's valid target (users with one); prefix
+        mode's training targets are exactly the part's rows from its second one on.
+        """
+        has_valid = self.user_row_counts >= 3
+        return self.user_row_starts[has_valid], self.user_row_counts[has_valid] - 2
+
+    def causal_windows(self):
+        """``[W, 2]`` (first row, number of rows) of the causal training windows (module docstring)."""
+        starts, sizes = self.training_parts()
+        n_targets = sizes - 1  # the part's first row is never a target
+        starts, n_targets = starts[n_targets > 0], n_targets[n_targets > 0]
+        window = self.max_item_list_len
+        per_user = (n_targets + window - 1) // window
+        user_of = np.repeat(np.arange(len(starts)), per_user)  # [W]
+        index_in_user = np.arange(len(user_of)) - np.repeat(np.cumsum(per_user) - per_user, per_user)
+        targets = np.minimum(window, n_targets[user_of] - index_in_user * window)  # [W]
+        return np.stack([starts[user_of] + index_in_user * window, targets + 1], axis=1)
+
+    def cloze_windows(self, random_window_prob=0.0):
+        """``[U, 2]`` (first row, number of rows): one Cloze window per user, drawn with torch's RNG."""
+        starts, sizes = self.training_parts()
+        window = self.max_item_list_len
+        n_rows = np.minimum(sizes, window)
+        first = starts + sizes - n_rows  # the part's last rows
+        if random_window_prob > 0:
+            longer = sizes > window
+            pick = (torch.rand(len(starts)).numpy() < random_window_prob) & longer
+            offsets = (torch.rand(len(starts)).numpy() * (sizes - window + 1)).astype(np.int64)
+            first = np.where(pick, starts + offsets, first)
+        return np.stack([first, n_rows], axis=1)
+
+    def make_window_batch(self, windows, causal):
+        """Gather sequence-mode windows ``[B, 2]`` (first row, rows) as an ``Interaction``.
+
+        Causal windows: the input is every row but the last and ``target_*_list`` hold the next
+        row of each input position. Cloze windows: the input is the whole window, no targets.
+        """
+        first, n_rows = windows[:, 0], windows[:, 1]
+        lengths = n_rows - 1 if causal else n_rows  # [B]
+        offsets = np.arange(self.max_item_list_len)
+        rows = first[:, None] + offsets[None, :]  # [B, L]
+        padded = offsets[None, :] >= lengths[:, None]
+        batch = {self.uid_field: torch.from_numpy(self.row_arrays[self.uid_field][first]),
+                 self.item_list_length_field: torch.from_numpy(lengths)}
+        gathered = {field + self.config["LIST_SUFFIX"]: (field, rows) for field in self.sequence_fields}
+        if causal:
+            gathered.update({TARGET_ITEM_LIST: (self.iid_field, rows + 1),
+                             TARGET_BEHAVIOR_LIST: (self.behavior_field, rows + 1)})
+        for name, (field, field_rows) in gathered.items():
+            values = self.row_arrays[field][np.where(padded, 0, field_rows)]  # [B, L]
+            values[padded] = PAD_ID
+            batch[name] = torch.from_numpy(values)
+        return Interaction(batch)
+
     def target_items(self, target_rows):
         return self.row_arrays[self.iid_field][target_rows]
 
@@ -281,10 +377,14 @@ class SequenceLoader:
     def __len__(self):
         return (len(self.target_rows) + self.batch_size - 1) // self.batch_size
 
-    def __iter__(self):
+    def epoch_batches(self):
+        """This epoch's batches of examples (target rows); drawn here, in the consuming thread."""
         order = torch.randperm(len(self.target_rows)).numpy() if self.shuffle else np.arange(len(self.target_rows))
-        row_batches = [self.target_rows[order[begin:begin + self.batch_size]]
-                       for begin in range(0, len(order), self.batch_size)]
+        return [self.target_rows[order[begin:begin + self.batch_size]]
+                for begin in range(0, len(order), self.batch_size)]
+
+    def __iter__(self):
+        row_batches = self.epoch_batches()
         gathered = self._gather_in_background(row_batches) if self.prefetch else map(self._gather, row_batches)
         for rows, batch in gathered:
             # Random draws (masking, negatives) stay in the consuming thread, in batch order, so a
@@ -296,9 +396,12 @@ class SequenceLoader:
                 batch.update(Interaction({self.config["NEG_PREFIX"] + self.dataset.iid_field: negatives}))
             yield batch
 
+    def build_batch(self, rows):
+        return self.dataset.make_batch(rows, with_target=self.training, behavior_hint=self.behavior_hint)
+
     def _gather(self, rows):
         """The deterministic part of a batch: windows gathered from the flat arrays (pinned if asked)."""
-        batch = self.dataset.make_batch(rows, with_target=self.training, behavior_hint=self.behavior_hint)
+        batch = self.build_batch(rows)
         if self.pin_memory:
             batch = Interaction({field: value.pin_memory() for field, value in batch.interaction.items()})
         return rows, batch
@@ -341,3 +444,46 @@ class SequenceLoader:
         finally:
             stop.set()  # the consumer stopped early (or finished): let the thread end
             worker.join()
+
+
+class WindowLoader(SequenceLoader):
+    """Sequence-mode training batches: whole windows of users' training parts (module docstring).
+
+    ``kind`` is the model's ``train_unit_kind``. Causal: every window each epoch, shuffled; a batch
+    holds the windows whose first target falls in its block of ``batch_size`` targets, so it
+    covers about as many (history, target) pairs as a prefix-mode batch (at most
+    ``batch_size + L - 1``) and an epoch takes about as many optimizer steps. Cloze: one window
+    per user, redrawn each epoch, ``batch_size`` windows a batch. No batch transform and no
+    negative sampling: the model computes its loss from the windows.
+    """
+
+    def __init__(self, config, split_dataset, batch_size, kind, prefetch=0, pin_memory=False):
+        if kind not in TRAIN_UNIT_KINDS:
+            raise DatasetError(f"train_unit: sequence needs the model's train_unit_kind in {TRAIN_UNIT_KINDS}, "
+                               f"got {kind!r}")
+        super().__init__(config, split_dataset, batch_size, shuffle=True, training=True, prefetch=prefetch,
+                         pin_memory=pin_memory)
+        self.transform, self.sample_negatives = None, False
+        self.causal = kind == "causal"
+        self.random_window_prob = float(config["cloze_random_window_prob"] or 0.0)
+        self.windows = split_dataset.causal_windows() if self.causal else None  # fixed; Cloze: drawn per epoch
+        self.n_targets = int(self.windows[:, 1].sum() - len(self.windows)) if self.causal else 0
+
+    def __len__(self):
+        if self.causal:  # an upper bound: the last batch may end up merged into the one before
+            return (self.n_targets + self.batch_size - 1) // self.batch_size
+        return (len(self.dataset.training_parts()[0]) + self.batch_size - 1) // self.batch_size
+
+    def epoch_batches(self):
+        if not self.causal:
+            windows = self.dataset.cloze_windows(self.random_window_prob)
+            windows = windows[torch.randperm(len(windows)).numpy()]
+            return [windows[begin:begin + self.batch_size] for begin in range(0, len(windows), self.batch_size)]
+        windows = self.windows[torch.randperm(len(self.windows)).numpy()]
+        targets_before = np.cumsum(windows[:, 1] - 1) - (windows[:, 1] - 1)  # [W]
+        block = targets_before // self.batch_size
+        cuts = np.flatnonzero(np.diff(block)) + 1
+        return np.split(windows, cuts)
+
+    def build_batch(self, windows):
+        return self.dataset.make_window_batch(windows, causal=self.causal)

@@ -5,7 +5,8 @@ A model only supplies scores (``full_sort_predict`` -> ``[B, n_items]``; optiona
 padding). Everything else happens here, identically for every model:
 
 * the padding item (id 0) and padding behavior can never be recommended;
-* with ``mask_history`` the items of the input window are removed from the ranking;
+* with ``mask_history`` the items of the input window (the ``MAX_ITEM_LIST_LENGTH`` rows before
+  the target) are removed from the ranking; items the user met only before the window are not;
 * ties are broken pessimistically: an item whose score equals the target's counts as ranked
   above it, so a model that outputs constant scores gets no hits;
 * scale: users are scored in batches and each batch's ranks are computed on the device in
@@ -31,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from mbrec.data.dataset import SequenceLoader
+from mbrec.data.targets import target_kinds
 from mbrec.evaluation.metrics import METRICS, TASKS, metric_vectors, summarize  # noqa: F401
 
 logger = logging.getLogger("mbrec")
@@ -160,12 +162,16 @@ class TaskResult:
     metrics: dict
     note: str = ""
     repeat: np.ndarray = None  # [U] bool: the target item is in the user's input window
+    target_counts: dict = None  # targets in the window / cold / held-out (mbrec.data.targets.target_kinds)
 
     def to_record(self):
         per_user = {"user": [str(u) for u in self.users], "rank": self.ranks.astype(int).tolist()}
         if self.repeat is not None:
             per_user["repeat"] = self.repeat.astype(int).tolist()  # 0/1 keeps the JSON small
-        return {"metrics": self.metrics, "n_users": int(len(self.users)), "note": self.note, "per_user": per_user}
+        record = {"metrics": self.metrics, "n_users": int(len(self.users)), "note": self.note, "per_user": per_user}
+        if self.target_counts is not None:
+            record["targets"] = self.target_counts
+        return record
 
 
 class Evaluator:
@@ -223,7 +229,8 @@ class Evaluator:
 
     def _result(self, task, split_dataset, rows, ranks, repeats, note=""):
         return TaskResult(task, split_dataset.user_tokens(rows), ranks,
-                          summarize(ranks, self.metrics, self.topk), note, repeats)
+                          summarize(ranks, self.metrics, self.topk), note, repeats,
+                          target_kinds(split_dataset, rows, repeats))
 
     def _batches(self, split_dataset, rows, behavior_hint, description, n_columns, device):
         batch_size = fit_eval_batch_size(self.batch_size, n_columns, device, self.memory_fraction)

@@ -39,7 +39,10 @@ class MultiBehaviorEmbedding(nn.Module):
         """[B] ids of the asked behavior: 0 when told nothing; randomly hidden in training."""
         if self.behavior_field not in interaction:
             return torch.zeros_like(interaction[self.length_field])
-        asked = interaction[self.behavior_field]
+        return self.hidden_in_training(interaction[self.behavior_field])
+
+    def hidden_in_training(self, asked):
+        """``asked`` (any shape) with each id hidden (0) with ``behavior_dropout_prob`` in training."""
         if self.training and self.dropout_prob > 0:
             hide = torch.rand(asked.shape, device=asked.device) < self.dropout_prob
             asked = torch.where(hide, torch.zeros_like(asked), asked)

@@ -49,6 +49,14 @@ decoder MLP and item bias on next-item prediction from the generated ``z_0`` (it
 part of the frozen encoder). Frozen parts are kept in eval mode (no dropout), so the diffusion
 targets are deterministic.
 
+Training unit (``train_unit``; models.md, "training unit"). ``sequence`` (default, the reference
+code's): a batch holds users' training windows (``MAX_ITEM_LIST_LENGTH`` rows), every real position
+masked with ``mask_prob`` (at least one per window), no next-item slot; all three stages learn at
+every masked position: stage 1 reconstructs the items, stage 2 denoises ``z_b`` of every masked
+position (``z_null``: the same window with the masked positions' behaviors hidden), stage 3 decodes
+the ``z_0`` generated for every masked position. ``prefix``: one example per (history, target)
+with the slot above; stages 2 and 3 learn at the slot only.
+
 Inference (Alg. 2). After the ``mbae`` stage (and with ``stage: mbae``) the model scores items from
 ``z_b`` of the MBAE directly, told behavior at the slot (the paper's "MBAE" row). After the
 diffusion stages: encode ``z_null``, run DDIM from Gaussian noise every ``ddim_skip`` steps under
@@ -67,6 +75,8 @@ from recbole.utils import InputType
 from mbrec.models import PredictFromFullSort, SeededSampling
 from mbrec.training.staged_trainer import StagedTrainer
 from mbrec.layers import bert_init
+from mbrec.data.dataset import train_unit
+from mbrec.layers.cloze import real_positions, sequence_cloze_mask
 from mbrec.layers.attention import TransformerEncoder
 from mbrec.layers.diffusion import GaussianDiffusion, beta_schedule, classifier_free_guidance, timestep_embedding
 from mbrec.layers.modulation import AdaLNModulation, modulate
@@ -208,6 +218,8 @@ class FatsMB(SeededSampling, PredictFromFullSort, SequentialRecommender):
     training_stages = ("mbae", "diffusion", "finetune")
     # which scores a stage's validation sees: stages with the same path compete for selection
     stage_inference = {"mbae": "mbae", "diffusion": "generation", "finetune": "generation"}
+    train_units = ("prefix", "sequence")
+    train_unit_kind = "cloze"
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -226,6 +238,7 @@ class FatsMB(SeededSampling, PredictFromFullSort, SequentialRecommender):
         self.guidance_sign = config["guidance_sign"]
         self.ddim_skip = config["ddim_skip"]
         self.init_sampling(config)
+        self.train_unit = train_unit(config)
         self.initializer_range = config["initializer_range"]
 
         self.encoder = MultiBehaviorEncoder(self.n_items, self.n_behaviors + 2, self.max_seq_length + 1, config)
@@ -347,10 +360,14 @@ class FatsMB(SeededSampling, PredictFromFullSort, SequentialRecommender):
             doubled = interaction.repeat(2)
             slot_behavior = torch.cat([target_behavior, torch.full_like(target_behavior, self.mask_behavior)])
             z_b, z_null = self.encode_slot(doubled, slot_behavior).split(batch_size)
+        return self.denoising_loss(z_b, z_null, target_behavior)
+
+    def denoising_loss(self, z_b, z_null, target_behavior):
+        """Eq. 16 for ``N`` preferences ``[N, D]``: noise ``z_b``, denoise it under ``z_null`` and the behavior."""
         condition = target_behavior.masked_fill(
             torch.rand(target_behavior.shape, device=target_behavior.device) < self.condition_dropout_prob,
             NULL_BEHAVIOR)
-        steps = self.diffusion.sample_steps(batch_size, z_b.device)
+        steps = self.diffusion.sample_steps(z_b.size(0), z_b.device)
         noise = torch.randn_like(z_b)
         z_t = self.diffusion.q_sample(z_b, steps, noise)
         output = self.denoiser(z_t, steps, z_null, condition)
@@ -363,11 +380,57 @@ class FatsMB(SeededSampling, PredictFromFullSort, SequentialRecommender):
             z_0 = self.generate(z_null, interaction[self.BEHAVIOR])
         return F.cross_entropy(self.decode(z_0), interaction[self.POS_ITEM_ID])
 
+    # ----- sequence mode: whole training windows with fresh masks (models.md, "training unit") ------
+
+    def masked_window(self, interaction):
+        """A batch of training windows with fresh Cloze masks (no slot: the reference trains without one).
+
+        Returns items ``[B, L]`` (``[mask]`` where masked), true behaviors ``[B, L]``, the padding
+        mask ``[B, L]``, the masked positions ``[B, L]`` and their items ``[M]`` (the labels).
+        """
+        items, behaviors = interaction[self.ITEM_SEQ], interaction[self.BEHAVIOR_SEQ]  # [B, L]
+        lengths = interaction[self.ITEM_SEQ_LEN]
+        masked = sequence_cloze_mask(lengths, items.size(1), self.mask_prob)
+        padding = ~real_positions(lengths, items.size(1))
+        return items.masked_fill(masked, self.mask_item), behaviors, padding, masked, items[masked]
+
+    def sequence_mbae_loss(self, interaction):
+        """Stage 1 on windows: reconstruct every masked item; its behavior hidden with ``behavior_mask_prob``."""
+        items, behaviors, padding, masked, labels = self.masked_window(interaction)
+        hide_behavior = masked & (torch.rand(items.shape, device=items.device) < self.behavior_mask_prob)
+        hidden = self.encoder(items, behaviors.masked_fill(hide_behavior, self.mask_behavior), padding)  # [B, L, D]
+        return F.cross_entropy(self.decode(hidden[masked]), labels)
+
+    def masked_null_preferences(self, items, behaviors, padding, masked):
+        """``z_null`` at every masked position ``[M, D]``: the masked positions' behaviors hidden."""
+        hidden = self.encoder(items, behaviors.masked_fill(masked, self.mask_behavior), padding)  # [B, L, D]
+        return hidden[masked]
+
+    def sequence_diffusion_loss(self, interaction):
+        """Stage 2 on windows: every masked position is a (``z_b``, ``z_null``, behavior) example."""
+        items, behaviors, padding, masked, _ = self.masked_window(interaction)
+        with torch.no_grad():  # the encoder is frozen
+            z_b = self.encoder(items, behaviors, padding)[masked]  # [M, D], true behaviors
+            z_null = self.masked_null_preferences(items, behaviors, padding, masked)  # [M, D]
+        return self.denoising_loss(z_b, z_null, behaviors[masked])
+
+    def sequence_finetune_loss(self, interaction):
+        """Stage 3 on windows: decode the ``z_0`` generated for every masked position into its item."""
+        items, behaviors, padding, masked, labels = self.masked_window(interaction)
+        with torch.no_grad():
+            z_null = self.masked_null_preferences(items, behaviors, padding, masked)
+            z_0 = self.generate(z_null, behaviors[masked])  # [M, D]
+        return F.cross_entropy(self.decode(z_0), labels)
+
     # ----- RecBole model contract ---------------------------------------------------------------
 
     def calculate_loss(self, interaction):
-        return {"mbae": self.mbae_loss, "diffusion": self.diffusion_loss, "finetune": self.finetune_loss}[
-            self.stage](interaction)
+        if self.train_unit == "sequence":
+            losses = {"mbae": self.sequence_mbae_loss, "diffusion": self.sequence_diffusion_loss,
+                      "finetune": self.sequence_finetune_loss}
+        else:
+            losses = {"mbae": self.mbae_loss, "diffusion": self.diffusion_loss, "finetune": self.finetune_loss}
+        return losses[self.stage](interaction)
 
     def full_sort_predict(self, interaction):
         asked = self.asked_behavior(interaction)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mbrec.protocol import RECORDED, ProtocolMismatch, check_same_protocol, describe_differences, record_protocol
 from mbrec.results import ResultsError, default_results_dir, load_record
 from mbrec.reporting.evidence import BOOTSTRAP_RULE, SEED_TEST_RULE, UNTESTED_RULE, pair_evidence, user_level_description
 from mbrec.reporting.stats import (
@@ -55,11 +56,14 @@ class CompareRow:
     p_adjusted: float = math.nan
 
 
-def resolve_run(spec, results_dir=None):
+def resolve_run(spec, results_dir=None, protocol=None):
     """``{seed: record}`` of a RUN argument (a record file, ``MODEL/DATASET`` or ``MODEL/DATASET/SEED``).
 
+    ``protocol``: keep only stored records with this protocol fingerprint (or a prefix of it).
+
     Raises:
-        ResultsError: no such file and no matching stored record (the message says what exists).
+        ResultsError: no such file and no matching stored record (the message says what exists), or
+        the stored records of the spec were made under several protocols and none was chosen.
     """
     path = Path(spec)
     if path.is_file():
@@ -75,13 +79,27 @@ def resolve_run(spec, results_dir=None):
             raise ResultsError(f"RUN '{spec}': the seed '{parts[2]}' is not an integer")
         seeds = [int(parts[2])]
     records, problems = collect_records(results_dir, [model], [dataset], seeds)
+    if protocol:
+        records = [record for record in records if record_protocol(record)[1].startswith(protocol)]
     if not records:
         stored, _ = collect_records(results_dir, [model], [dataset])
         known = sorted(int(record["seed"]) for record in stored)
         hint = (f"stored seeds: {known}" if known else
                 f"no stored run of {model} on {dataset} under {Path(results_dir or default_results_dir()) / 'runs'}")
         extra = f" ({len(problems)} unusable file(s): {problems[0]})" if problems else ""
-        raise ResultsError(f"RUN '{spec}' matches no usable record; {hint}{extra}")
+        raise ResultsError(f"RUN '{spec}' matches no usable record{' with protocol ' + protocol if protocol else ''}; "
+                           f"{hint}{extra}")
+    by_protocol = {}
+    for record in records:
+        by_protocol.setdefault(record_protocol(record)[1], []).append(record)
+    if len(by_protocol) > 1:
+        (first, first_records), *others = sorted(by_protocol.items())
+        reference = record_protocol(first_records[0])[0]
+        lines = [f"{fingerprint} differs from {first} in "
+                 f"{describe_differences(reference, record_protocol(group[0])[0])}" for fingerprint, group in others]
+        raise ResultsError(f"RUN '{spec}' has stored records under {len(by_protocol)} protocols "
+                           f"({', '.join(sorted(by_protocol))}); name one with --protocol FINGERPRINT:\n  "
+                           + "\n  ".join(lines))
     return {int(record["seed"]): record for record in records}
 
 
@@ -111,7 +129,9 @@ def compare_runs(runs_a, runs_b, tasks=None, metrics=DEFAULT_METRICS, test=DEFAU
 
     Raises:
         AlignmentError: the runs cannot be paired (no common seed, different users or data).
+        ProtocolMismatch: the runs were measured under different protocols (the differing keys are named).
     """
+    check_same_protocol([(_label(record), record) for record in (*runs_a.values(), *runs_b.values())])
     runs_a, runs_b = _pair_seeds(runs_a, runs_b)
     common_seeds = sorted(set(runs_a) & set(runs_b))
     if not common_seeds:
@@ -171,9 +191,21 @@ def _value_over_seeds(mean, seed_values):
     return f"{_number(mean)} ± {_number(float(np.std(seed_values, ddof=1)))}"
 
 
+def _label(record):
+    return f"{record['model']} on {record['dataset']} seed {record['seed']} (run {record.get('run_key')})"
+
+
 def _describe(runs):
     record = next(iter(runs.values()))
     return f"{record['model']} on {record['dataset']} (seeds {', '.join(str(seed) for seed in sorted(runs))})"
+
+
+def _protocol_line(runs_a):
+    """Both sides share it (compare_runs checked): its fingerprint and the settings a reader needs."""
+    protocol, fingerprint, how = record_protocol(next(iter(runs_a.values())))
+    shown = ", ".join(f"{key} {protocol.get(key)!r}" for key in ("heldout", "MAX_ITEM_LIST_LENGTH", "mask_history",
+                                                                  "valid_task", "valid_metric"))
+    return f"Protocol (both runs): {fingerprint}{'' if how == RECORDED else ' (' + how + ')'}: {shown}"
 
 
 def format_comparison(rows, runs_a, runs_b, test, correction, confidence, notes=()):
@@ -183,7 +215,7 @@ def format_comparison(rows, runs_a, runs_b, test, correction, confidence, notes=
               f"p ({CORRECTION_NAMES[correction]})", "n"]
     if several_seeds:
         header += ["p (seeds)"]
-    lines = [f"A: {_describe(runs_a)}", f"B: {_describe(runs_b)}", "",
+    lines = [f"A: {_describe(runs_a)}", f"B: {_describe(runs_b)}", _protocol_line(runs_a), "",
              "| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
     for row in rows:
         effect = row.effect
@@ -224,6 +256,8 @@ def build_compare_parser():
                         help="default: every task both runs have results for")
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
     parser.add_argument("--split-repeat", action="store_true", help="add rows for repeat and new-item targets")
+    parser.add_argument("--protocol", default=None, metavar="FINGERPRINT",
+                        help="for MODEL/DATASET runs: only stored records with this protocol fingerprint (or prefix)")
     add_statistics_arguments(parser)
     return parser
 
@@ -232,12 +266,12 @@ def compare_main(argv=None):
     """``run_benchmark.py compare``: print the comparison; 0 on success, 1 on a user error."""
     args = build_compare_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        runs_a = resolve_run(args.run_a, args.results_dir)
-        runs_b = resolve_run(args.run_b, args.results_dir)
+        runs_a = resolve_run(args.run_a, args.results_dir, args.protocol)
+        runs_b = resolve_run(args.run_b, args.results_dir, args.protocol)
         rows, notes = compare_runs(runs_a, runs_b, args.tasks, args.metrics, args.test, args.correction,
                                    args.split_repeat, args.confidence, args.bootstrap_resamples, args.bootstrap_seed,
                                    args.min_users)
-    except (ResultsError, AlignmentError, ValueError) as error:
+    except (ResultsError, AlignmentError, ProtocolMismatch, ValueError) as error:
         print(f"compare: {error}", file=sys.stderr)
         return 1
     print(format_comparison(rows, runs_a, runs_b, args.test, args.correction, args.confidence, notes))

@@ -26,7 +26,7 @@ import torch
 from recbole.data.interaction import Interaction
 from tqdm import tqdm
 
-from mbrec.data.dataset import SequenceLoader
+from mbrec.data.dataset import SequenceLoader, WindowLoader, train_unit
 from mbrec.evaluation import Evaluator
 from mbrec.utils import atomic_path
 
@@ -67,6 +67,11 @@ class Trainer:
     """Fits a RecBole-style sequential model and selects the epoch by a valid metric."""
 
     def __init__(self, config, model, device):
+        # recbole 1.2.1's sine.py runs torch.autograd.set_detect_anomaly(True) when imported, and importing
+        # any RecBole sequential model imports it: every backward would then record a Python stack trace per
+        # autograd node (about 2x the CPU time of a small SASRec step). It only adds checks, so switching it
+        # off changes no number.
+        torch.autograd.set_detect_anomaly(False)
         self.config = config
         self.model = model
         self.device = device
@@ -90,9 +95,15 @@ class Trainer:
         self.validation_callbacks = []
 
     def train_loader(self, train_dataset):
+        """Prefix examples, or whole windows when ``train_unit: sequence`` (laid out for the model's
+        ``train_unit_kind``; the model's ``calculate_loss`` reads them, see ``mbrec.data.dataset``)."""
+        pin_memory = torch.device(self.device).type == "cuda"
+        if train_unit(self.config) == "sequence":
+            return WindowLoader(self.config, train_dataset, self.config["train_batch_size"],
+                                kind=getattr(self.model, "train_unit_kind", None), prefetch=self.loader_prefetch,
+                                pin_memory=pin_memory)
         return SequenceLoader(self.config, train_dataset, self.config["train_batch_size"], shuffle=True,
-                              training=True, prefetch=self.loader_prefetch,
-                              pin_memory=torch.device(self.device).type == "cuda")
+                              training=True, prefetch=self.loader_prefetch, pin_memory=pin_memory)
 
     def fit(self, train_dataset, valid_dataset, checkpoint_path):
         """Train until ``epochs`` or early stopping; leave the best weights loaded."""

@@ -8,6 +8,10 @@ from mbrec.data.readers.parse import load_pickle
 from mbrec.data.readers.table import ReaderOutput, in_chunks, whole_numbers_as_int
 
 DEFAULT_FILES = {}  # the YAML's ``files: {behavior: file name}`` (and ``heldout_file``) say what to read
+# Written beside ``<name>.inter`` with ``heldout: append``: the appended (user, item) pairs, one per line, so
+# that a run can tell held-out test targets from logged last interactions (their shares decide what a score
+# means). The .inter file itself is unchanged.
+HELDOUT_SUFFIX = ".heldout"
 
 
 def expected_files(options):
@@ -49,15 +53,15 @@ def _check_shapes(shapes):
             f"users x items matrix of one dataset (is one transposed, or from another data set?)")
 
 
-def _load_heldout(path, shape):
+def load_heldout(path, shape=None):
     """Held-out (users, items) from a ``tst_int`` list or a ``test_mat.pkl`` sparse matrix, checked
-    against the behavior matrices' ``shape``."""
+    against the behavior matrices' ``shape`` when given."""
     import scipy.sparse as sp
 
     loaded = load_pickle(path)
     if sp.issparse(loaded):
         rows, cols, _, held_shape, _ = _load_matrix(path)
-        if held_shape != shape:
+        if shape is not None and held_shape != shape:
             raise DataPreparationError(
                 f"{path}: the held-out matrix is {held_shape[0]:,} x {held_shape[1]:,}, the behavior matrices "
                 f"{shape[0]:,} x {shape[1]:,}; it must be the same users x items (transposed, or another data set?)")
@@ -65,7 +69,8 @@ def _load_heldout(path, shape):
     if isinstance(loaded, (list, tuple, np.ndarray)):
         users = np.array([u for u, item in enumerate(loaded) if item is not None], dtype=np.int64)
         items = np.array([int(item) for item in loaded if item is not None], dtype=np.int64)
-        if len(loaded) != shape[0] or (len(items) and (items.min() < 0 or items.max() >= shape[1])):
+        if shape is not None and (len(loaded) != shape[0]
+                                  or (len(items) and (items.min() < 0 or items.max() >= shape[1]))):
             raise DataPreparationError(
                 f"{path}: the held-out list has {len(loaded):,} entries (one per user) and items "
                 f"{items.min(initial=0)}..{items.max(initial=0)}; the behavior matrices have {shape[0]:,} users "
@@ -98,9 +103,9 @@ def read_matrices(files, options):
     stamps = np.concatenate(stamps)
     stamps = whole_numbers_as_int(stamps) if stamps.dtype.kind == "f" else stamps.astype(np.int64)
     _check_shapes(shapes)
-    dropped, notes = {}, {"duplicate_cells_kept_latest": duplicates}
+    dropped, notes, write_extra = {}, {"duplicate_cells_kept_latest": duplicates}, None
     if "heldout" in files:
-        held_users, held_items = _load_heldout(files["heldout"], next(iter(shapes.values())))
+        held_users, held_items = load_heldout(files["heldout"], next(iter(shapes.values())))
         pair_base = max(int(items.max(initial=0)), int(held_items.max(initial=0))) + 1
         notes["heldout_in_own_history"] = int(np.isin(held_users * pair_base + held_items,
                                                       users * pair_base + items).sum())
@@ -119,6 +124,7 @@ def read_matrices(files, options):
             items = np.concatenate([items, held_items])
             codes = np.concatenate([codes, np.full(len(held_users), vocabulary.index(target), dtype=np.int8)])
             stamps = np.concatenate([stamps, held_stamps.astype(stamps.dtype)])
+            write_extra = _heldout_writer(held_users, held_items)
         else:
             dropped["held-out items (heldout: ignore)"] = int(len(held_users))
     order = np.lexsort((items, codes, stamps, users))
@@ -128,4 +134,12 @@ def read_matrices(files, options):
         "behavior": pd.Categorical.from_codes(codes[order], categories=vocabulary),
         "timestamp": stamps[order],
     })
-    return ReaderOutput(in_chunks(log), None, dropped, notes)
+    return ReaderOutput(in_chunks(log), None, dropped, notes, write_extra)
+
+
+def _heldout_writer(held_users, held_items):
+    def write(folder, name, item_ids):
+        pairs = pd.DataFrame({"user_id": held_users, "item_id": held_items})
+        with open(folder / f"{name}{HELDOUT_SUFFIX}", "w", encoding="utf-8", newline="") as handle:
+            pairs.to_csv(handle, sep="\t", header=False, index=False, lineterminator="\n")
+    return write

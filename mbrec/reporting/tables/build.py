@@ -22,6 +22,7 @@ from mbrec.reporting.tables.marks import (
     PERCENT, PROPOSED_GROUP, STAR_MARK, UNKNOWN, VALUE,
 )
 from mbrec.reporting.tables.records import _newest_per_run
+from mbrec.reporting.protocols import check_table_protocols
 from mbrec.evaluation.metrics import TASKS
 
 # Rules that do not learn: the first rows of a default table, so every learned model is read against them.
@@ -341,6 +342,11 @@ def build_table(records, task=DEFAULT_TASK, metrics=DEFAULT_METRICS, proposed=()
 
     Returns:
         :class:`ResultTable`.
+
+    Raises:
+        ProtocolMismatch: a dataset column holds runs of different protocols (the message names the
+            differing keys); relabel them with :func:`mbrec.reporting.protocols.split_by_protocol`
+            for a column per protocol variant.
     """
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; use one of {TASKS}")
@@ -354,6 +360,9 @@ def build_table(records, task=DEFAULT_TASK, metrics=DEFAULT_METRICS, proposed=()
     baseline_order = list(models) if models else record_models
     baselines = [model for model in dict.fromkeys(baseline_order) if model not in proposed]
     datasets = list(datasets) if datasets else sorted({record["dataset"] for record in records})
+    # One protocol per column: never a cell or a test over runs that measured different things.
+    check_table_protocols([record for record in records if record["dataset"] in datasets
+                           and record["model"] in baselines + proposed])
 
     runs_by_model_dataset = defaultdict(dict)
     for record in records:

@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mbrec.protocol import ProtocolMismatch
+from mbrec.reporting.protocols import split_by_protocol, with_protocol
 from mbrec.results import default_results_dir
 from mbrec.reporting.stats import (
     CORRECTIONS, DEFAULT_ALPHA, DEFAULT_BOOTSTRAP_RESAMPLES, DEFAULT_BOOTSTRAP_SEED, DEFAULT_CONFIDENCE,
@@ -61,6 +63,10 @@ def build_table_parser():
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <results-dir>/tables)")
     parser.add_argument("--stem", default=None, help="output file name stem (default: the task)")
     parser.add_argument("--no-plot", action="store_true", help="skip the efficiency PNG")
+    parser.add_argument("--by-protocol", action="store_true",
+                        help="a column per protocol variant of a dataset (default: refuse to mix protocols)")
+    parser.add_argument("--protocol", default=None, metavar="FINGERPRINT",
+                        help="only records with this protocol fingerprint (or prefix)")
     return parser
 
 
@@ -68,7 +74,7 @@ def table_main(argv=None):
     """``run_benchmark.py table``: print and write the tables; returns the exit code.
 
     0 = tables written (problems, if any, are printed but do not fail the command);
-    1 = no usable record matched the filters.
+    1 = no usable record matched the filters, or a column would mix protocols (without --by-protocol).
     """
     args = build_table_parser().parse_args(sys.argv[1:] if argv is None else argv)
     # Proposed models are always shown, even when --models leaves them out.
@@ -78,13 +84,23 @@ def table_main(argv=None):
         print(f"{len(problems)} problem(s) with stored results (these files are not used):", file=sys.stderr)
         for problem in problems:
             print(f"  - {problem}", file=sys.stderr)
+    if args.protocol:
+        records = with_protocol(records, args.protocol)
     if not records:
         results_dir = args.results_dir or default_results_dir()
         print(f"No usable run records under {Path(results_dir) / 'runs'} match the filters.", file=sys.stderr)
         return 1
+    if args.by_protocol:
+        records = split_by_protocol(records)
     options = dict(task=args.task, metrics=args.metrics, proposed=args.proposed, alpha=args.alpha,
-                   show_std=args.std, models=args.models, datasets=args.datasets, **statistics_options(args))
-    table = build_table(records, **options)
+                   show_std=args.std, models=args.models,
+                   # a variant column is named "<dataset> [<fingerprint>]": the --datasets filter already ran
+                   datasets=None if args.by_protocol else args.datasets, **statistics_options(args))
+    try:
+        table = build_table(records, **options)
+    except ProtocolMismatch as error:
+        print(f"table: {error}", file=sys.stderr)
+        return 1
     print(to_markdown(table))
     for problem in table.problems:
         print(f"  - {problem}", file=sys.stderr)

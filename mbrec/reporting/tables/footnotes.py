@@ -5,6 +5,7 @@ warnings about too few seeds."""
 from collections import defaultdict
 
 from mbrec.reporting.evidence import SEED_TEST_RULE, UNTESTED_RULE, user_level_description
+from mbrec.reporting.protocols import protocol_lines, repeated_test_line, target_share_lines
 from mbrec.reporting.stats import CORRECTION_NAMES, MIN_SEEDS_FOR_SEED_TEST, NEW, REPEAT
 from mbrec.reporting.tables.marks import (
     DAGGER_MARK, EMPTY_MARK, IMPROVE_LABEL, MISSING_MARK, NA_MARK, STAR_MARK, UNKNOWN_MARK, VALUE,
@@ -55,6 +56,9 @@ def _footnote(table, records):
     in_table = set(table.datasets)
     shown = [record for record in records if record["dataset"] in in_table and record["model"] in table.models]
     lines.append(_selection_line(shown))
+    lines.extend(repeated_test_line(shown))
+    lines.extend(protocol_lines(shown))
+    lines.extend(target_share_lines(shown, table.task))
     notes = defaultdict(set)
     heldout = {}
     for record in shown:
@@ -65,6 +69,8 @@ def _footnote(table, records):
     for note, models in sorted(notes.items()):
         lines.append(f"{note[0].upper()}{note[1:]}: {', '.join(sorted(models))}.")
     lines.extend(_modality_lines(shown))
+    lines.extend(f"Record choice: {choice}." for choice in sorted({record["record_choice"] for record in shown
+                                                                   if record.get("record_choice")}))
     if heldout:
         settings = "; ".join(
             f"{dataset}: " + ", ".join("none (no held-out file)" if value is None else str(value)
@@ -102,7 +108,8 @@ def _selection_line(records):
                        for lock in (record.get("test_lock") for record in records) if lock})
     line = (f"{SELECTION_NOTE}: each run's checkpoint was chosen by its valid score"
             f"{' (' + ', '.join(criteria) + ')' if criteria else ''} and test was run once, on that checkpoint "
-            f"(its sha256 and valid score are in the record).")
+            f"(its sha256 and valid score are in the record)"
+            f"{' (once per sampling seed where stated below)' if repeated_test_line(records) else ''}.")
     unlocked = sorted(f"{record['model']}/{record['dataset']}/seed {record['seed']}" for record in records
                       if not record.get("test_lock"))
     if unlocked:

@@ -1,10 +1,11 @@
 """Collecting run records for tables: load and validate the stored files, report the unusable
-ones, keep the newest record of a (model, dataset, seed) run."""
+ones, keep the newest record of a (model, dataset, seed, protocol) run."""
 
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
+from mbrec.protocol import record_protocol
 from mbrec.results import ResultsError, default_results_dir, load_record
 
 # Records without a creation time sort as the oldest when duplicates are resolved.
@@ -20,22 +21,28 @@ def _run_identity(record):
 
 
 def _newest_per_run(entries):
-    """Keep the newest of several ``(path, record)`` entries per (model, dataset, seed).
+    """Keep the newest of several ``(path, record)`` entries per (model, dataset, seed, protocol).
 
-    Returns ``(records, problems)``; each duplicate is reported, naming the file kept.
+    Records under different protocols are all kept (a table refuses to mix them, or shows each in
+    its own column). Returns ``(records, problems)``; each duplicate is reported, naming the file
+    kept and why (the newest of one protocol: same measurement, so the latest code and settings).
+    A kept record that had duplicates is a copy carrying that message as ``record_choice``, so the
+    table's footnote can say which record it used.
     """
     by_run = defaultdict(list)
     for path, record in entries:
-        by_run[_run_identity(record)].append((path, record))
+        by_run[(*_run_identity(record), record_protocol(record)[1])].append((path, record))
     kept, problems = [], []
-    for (model, dataset, seed), candidates in sorted(by_run.items()):
+    for (model, dataset, seed, protocol), candidates in sorted(by_run.items()):
         candidates.sort(key=lambda entry: (_created(entry[1]), str(entry[0])), reverse=True)
         newest_path, newest = candidates[0]
-        kept.append(newest)
         if len(candidates) > 1:
             ignored = ", ".join(f"{path} (created {entry.get('created')})" for path, entry in candidates[1:])
-            problems.append(f"{len(candidates)} records for {model} on {dataset} seed {seed}: using "
-                            f"{newest_path} (created {newest.get('created')}); ignoring {ignored}")
+            problems.append(f"{len(candidates)} records for {model} on {dataset} seed {seed} under protocol "
+                            f"{protocol}: using {newest_path} (the newest, created {newest.get('created')}); "
+                            f"ignoring {ignored}")
+            newest = dict(newest, record_choice=problems[-1])
+        kept.append(newest)
     return kept, problems
 
 
