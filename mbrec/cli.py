@@ -113,10 +113,11 @@ def main(argv=None):
     if args.ray_address or args.workers:
         from mbrec.benchmark.grid import run_grid
         from mbrec.benchmark.tune import TuneNotInstalledError
+        from mbrec.config import ConfigError
 
         try:
             records, failures = run_grid(args, overrides)
-        except TuneNotInstalledError as error:  # Ray is an optional extra
+        except (TuneNotInstalledError, ConfigError) as error:  # Ray is an optional extra; a cluster refused us
             print(f"error: the grid runs on Ray: {error}", file=sys.stderr)
             return 2
         return _report(records, failures, args)

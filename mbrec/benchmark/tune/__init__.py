@@ -37,7 +37,7 @@ from mbrec.benchmark.tune.driver import (
 from mbrec.benchmark.tune.plan import (
     METRIC, MODE, NAME_HASH_LENGTH, OPTION_KEYS, RAY_INSTALL_HINT, SAMPLING_OPTION_KEYS, SCHEDULERS, SPEC_FILE,
     SPEC_VERSION, SWEEPS_DIRNAME, TRIALS_DIRNAME, TuneNotInstalledError, default_sweep_name, expected_trials,
-    plan_sweep, require_ray, space_of, sweep_dir_of, sweep_options,
+    join_in_token_mode, plan_sweep, require_ray, space_of, sweep_dir_of, sweep_options,
 )
 from mbrec.benchmark.tune.summary import (
     LOG_AXIS_RATIO, PLOT_FILE, SUMMARY_JSON, SUMMARY_MD, build_summary, sensitivity_plot, summary_markdown,
@@ -53,7 +53,8 @@ __all__ = [
     "NAME_HASH_LENGTH", "NOT_RUN", "OPTION_KEYS", "OUTCOME_FILE", "PLOT_FILE", "RAY_ERROR_FILE", "RAY_INSTALL_HINT",
     "SAMPLING_OPTION_KEYS", "SCHEDULERS", "SPEC_FILE", "SPEC_VERSION", "STOPPED", "SUMMARY_JSON", "SUMMARY_MD",
     "SWEEPS_DIRNAME", "TRIALS_DIRNAME", "TRIAL_LOG", "TuneNotInstalledError", "best_trial", "build_summary",
-    "build_tune_parser", "collect_trials", "connect_ray", "default_sweep_name", "expected_trials", "plan_sweep",
+    "build_tune_parser", "collect_trials", "connect_ray", "default_sweep_name", "expected_trials",
+    "join_in_token_mode", "plan_sweep",
     "require_ray", "retrain_best", "run_sweep", "sensitivity_plot", "space_of", "summary_markdown",
     "sweep", "sweep_dir_of", "sweep_options", "train_trial", "trial_dirname", "tune_main", "write_summary",
 ]

@@ -13,7 +13,7 @@ from mbrec import results as store
 from mbrec.benchmark.runner import run
 from mbrec.benchmark.search_space import nested, with_ties
 from mbrec.benchmark.tune.plan import (
-    METRIC, MODE, SPEC_FILE, TRIALS_DIRNAME, expected_trials, plan_sweep, require_ray, space_of, trial_params,
+    METRIC, MODE, RAY_AUTH_MODE_ENV, RAY_TOKEN_FILE, SPEC_FILE, join_in_token_mode, TRIALS_DIRNAME, expected_trials, plan_sweep, require_ray, space_of, trial_params,
 )
 from mbrec.benchmark.tune.summary import build_summary, write_summary
 from mbrec.benchmark.tune.trial import (
@@ -42,7 +42,16 @@ def connect_ray(address=None, num_cpus=None):
     runtime_env = {"env_vars": {"PYTHONPATH": python_path}}
     if address:
         logger.info(f"joining the Ray cluster at {address}")
-        ray.init(address=address, runtime_env=runtime_env)
+        join_in_token_mode(address)
+        try:
+            ray.init(address=address, runtime_env=runtime_env)
+        except ConnectionError as error:
+            mode = os.environ.get(RAY_AUTH_MODE_ENV)
+            hint = ("" if (mode or "").lower() == "token" else
+                    f"; {RAY_AUTH_MODE_ENV} is {mode or 'unset'} and a cluster from `ray start` (Ray 2.60) asks for "
+                    f"token authentication: run this command with {RAY_AUTH_MODE_ENV}=token in the environment "
+                    f"(the token is read from $RAY_AUTH_TOKEN or {RAY_TOKEN_FILE}; copy the head's file there)")
+            raise ConfigError(f"cannot join the Ray cluster at {address} ({error}){hint}") from None
     else:
         logger.info(f"starting a local Ray ({num_cpus or 'all'} CPUs)")
         ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)

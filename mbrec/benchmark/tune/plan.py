@@ -6,6 +6,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import sys
 from pathlib import Path
 
 from mbrec import registry
@@ -32,6 +34,39 @@ OPTION_KEYS = ("num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_tria
                "reduction_factor", "max_failures", "local_num_cpus")
 SAMPLING_OPTION_KEYS = ("num_samples", "scheduler", "grace_period", "reduction_factor")
 SCHEDULERS = ("asha", "fifo")
+
+
+RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
+# Where `ray start --head` writes the cluster's token (Ray's default; RAY_AUTH_TOKEN_PATH moves it).
+RAY_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+
+
+def join_in_token_mode(address):
+    """Join the cluster at ``address`` in token mode when a token is at hand; True when set here.
+
+    Ray 2.60 runs `ray start --head` with token authentication once a token exists
+    (``~/.ray/auth_token``, which any local ``ray.init()`` writes), but a driver joining an explicit
+    address only sends the token in token mode (``RAY_AUTH_MODE=token``), and Ray reads that mode
+    when it is imported. With ``RAY_AUTH_MODE`` unset and a token available (``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), token mode is set, and Ray's cached config is
+    refreshed as Ray itself does for a local cluster. A token-mode driver also joins a cluster
+    without authentication.
+    """
+    if not address or os.environ.get(RAY_AUTH_MODE_ENV):
+        return False
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or RAY_TOKEN_FILE)
+    if not (os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()):
+        return False
+    os.environ[RAY_AUTH_MODE_ENV] = "token"
+    if "ray" in sys.modules:  # already imported: its config cached the old mode
+        try:
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except (ImportError, AttributeError):  # another Ray version: the error line names the variable
+            pass
+    logger.info(f"joining {address} with token authentication ({RAY_AUTH_MODE_ENV}=token)")
+    return True
 
 
 class TuneNotInstalledError(RuntimeError):
