@@ -182,7 +182,7 @@ def collect_trials(spec):
     failed, unfinished), ``best_valid``, ``validations``, ``epochs_run``, ``attempts`` (starts),
     ``history`` (what each ended attempt became), ``error`` (first line of the cause), ``log``, ``dir``.
     """
-    space = space_of(spec)
+    space, params_of = space_of(spec), trial_params(spec)
     trials = []
     for planned in spec["trials"]:
         trial_dir = trial_dir_of(spec, planned["trial_id"])
@@ -203,7 +203,7 @@ def collect_trials(spec):
         attempts_file = trial_dir / ATTEMPTS_FILE
         trials.append({
             "trial_id": planned["trial_id"],
-            "params": with_ties(space, planned["params"]),
+            "params": with_ties(space, params_of[planned["trial_id"]]),
             "status": status,
             "best_valid": best_valid if status != FAILED else None,
             "validations": validations,

@@ -180,8 +180,10 @@ def space_of(spec):
 
 
 def trial_params(spec):
-    """trial id -> the swept parameters of that trial (drawn when the sweep was planned)."""
-    return {trial["trial_id"]: trial["params"] for trial in spec["trials"]}
+    """trial id -> the swept parameters of that trial (drawn when the sweep was planned), in the
+    grid file's order (sweep.json sorts keys), so logs read the same before and after a resume."""
+    names = [param.name for param in space_of(spec).swept]
+    return {trial["trial_id"]: {name: trial["params"][name] for name in names} for trial in spec["trials"]}
 
 
 def expected_trials(spec):
