@@ -1,8 +1,8 @@
 """The command line: ``run_benchmark.py`` parses here and dispatches to one subcommand.
 
 Subcommands: runs (default; one machine or a Ray grid), ``table`` and ``compare`` (reporting,
-no training), ``tune`` (Ray Tune sweeps). This is the only module that imports both the
-benchmark package (runner, grid, tune) and reporting; neither imports it.
+no training), ``tune`` (Ray Tune sweeps), ``suite`` (a suite's sweeps and runs). This is the only
+module that imports both the benchmark package (runner, grid, tune) and reporting; neither imports it.
 """
 
 import argparse
@@ -77,6 +77,15 @@ def build_parser():
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "suite":  # a suite's missing sweeps and runs, then its tables
+        from mbrec.benchmark.suite import suite_main
+        from mbrec.reporting.suite_tables import print_suite_report
+
+        return suite_main(argv[1:], report=print_suite_report)
+    if argv and argv[0] == "table" and any(arg.split("=")[0] == "--suite" for arg in argv[1:]):
+        from mbrec.reporting.suite_tables import suite_table_main
+
+        return suite_table_main(argv[1:])
     if argv and argv[0] == "table":  # rebuild tables from stored results, no training
         from mbrec.reporting.tables import table_main
 

@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 
 from mbrec import registry
 from mbrec import results as store
@@ -69,7 +70,7 @@ def run_in_worker(model, dataset, config_files, overrides, seed, device, data_pa
                 "attempts": attempt}
     path = store.record_path(results_dir or store.default_results_dir(), model, record["dataset"], record["seed"],
                              record["run_key"])
-    return {"status": DONE, "path": str(path), "attempts": attempt}
+    return {"status": DONE, "path": str(store.stored_record(path) or path), "attempts": attempt}
 
 
 def _start_attempt(log, grid_id):
@@ -85,24 +86,42 @@ def _start_attempt(log, grid_id):
     return earlier + 1
 
 
-def plan_grid(args, overrides):
-    """Split the grid into stored records, runs to submit and runs that cannot start (bad input)."""
+@dataclass(frozen=True)
+class GridJob:
+    """One run of a grid: a model on a dataset with its own overrides (a suite entry's) and a seed."""
+
+    model: str
+    dataset: str
+    seed: object
+    overrides: dict = field(default_factory=dict, hash=False)
+
+
+def grid_jobs(args, overrides):
+    """The command's runs: every (dataset, model, seed) of ``args`` with the command's ``overrides``."""
+    return [GridJob(model, dataset, seed, overrides) for dataset in args.datasets for model in args.models
+            for seed in args.seeds]
+
+
+def plan_grid(args, overrides, jobs=None):
+    """Split the grid into stored records, runs to submit and runs that cannot start (bad input).
+
+    ``jobs`` (:class:`GridJob`) replace the command's cross product (the suite runner passes its own).
+    """
     stored, pending, failures = [], [], []
-    for dataset in args.datasets:
-        for model in args.models:
-            for seed in args.seeds:
-                try:
-                    registry.get_model_class(model)
-                    plan = plan_run(model, dataset, args.config_files, overrides, seed, args.data_path,
-                                    args.cache_dir, args.results_dir)
-                    if plan.path.exists() and not args.rerun:
-                        stored.append(store.load_record(plan.path))
-                        continue
-                except USER_ERRORS as error:
-                    logger.error(f"{model} on {dataset} (seed {seed}): {error}")
-                    failures.append((model, dataset, seed, error))
-                    continue
-                pending.append((model, dataset, seed))
+    for job in jobs if jobs is not None else grid_jobs(args, overrides):
+        model, dataset, seed = job.model, job.dataset, job.seed
+        try:
+            registry.get_model_class(model)
+            plan = plan_run(model, dataset, args.config_files, job.overrides, seed, args.data_path,
+                            args.cache_dir, args.results_dir)
+            if store.stored_record(plan.path) and not args.rerun:
+                stored.append(store.load_record(store.stored_record(plan.path)))
+                continue
+        except USER_ERRORS as error:
+            logger.error(f"{model} on {dataset} (seed {seed}): {error}")
+            failures.append((model, dataset, seed, error))
+            continue
+        pending.append(job)
     return stored, pending, failures
 
 
@@ -113,11 +132,11 @@ def run_device(args):
     return "cuda" if args.gpus_per_run > 0 else "cpu"
 
 
-def run_grid(args, overrides):
-    """Run the command's grid on Ray; return ``(records, failures)`` like the sequential runner."""
+def run_grid(args, overrides, jobs=None):
+    """Run the command's grid (or ``jobs``) on Ray; return ``(records, failures)`` like the sequential runner."""
     from mbrec.benchmark.tune import connect_ray, require_ray
 
-    records, pending, failures = plan_grid(args, overrides)
+    records, pending, failures = plan_grid(args, overrides, jobs)
     logger.info(f"grid: {len(records) + len(pending) + len(failures)} runs; {len(records)} stored (skipped), "
                 f"{len(pending)} to run, {len(failures)} cannot start")
     if not pending:
@@ -131,10 +150,9 @@ def run_grid(args, overrides):
         device = run_device(args)
         dataset_files = sorted(declared_dataset_files().values())
         grid_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"  # tells this grid's attempts from older logs
-        waiting = {task.remote(model, dataset, args.config_files, overrides, seed, device, args.data_path,
-                               args.cache_dir, args.results_dir, args.rerun, dataset_files, grid_id):
-                   (model, dataset, seed)
-                   for model, dataset, seed in pending}
+        waiting = {task.remote(job.model, job.dataset, args.config_files, job.overrides, job.seed, device,
+                               args.data_path, args.cache_dir, args.results_dir, args.rerun, dataset_files, grid_id):
+                   (job.model, job.dataset, job.seed) for job in pending}
         finished = 0
         while waiting:
             (ref,), _ = ray.wait(list(waiting), num_returns=1)

@@ -71,11 +71,12 @@ def check_declaration(path):
         raise DataPreparationError(f"Dataset file {path} is not valid YAML: {error}") from None
     if not isinstance(declaration, dict):
         raise DataPreparationError(f"Dataset file {path} must hold a mapping (behaviors, prepare, ...)")
+    refers = {"alias_of", "extends"} & set(declaration)  # another dataset's YAML gives the rest
     missing = [key for key in REQUIRED_KEYS if key not in declaration]
-    if missing and "alias_of" not in declaration:
+    if missing and not refers:
         raise DataPreparationError(
             f"Dataset file {path} lacks {', '.join(missing)}; see datasets/README.md, 'Your own dataset'")
-    if "alias_of" not in declaration and not (declaration.get("prepare") or {}).get("format"):
+    if not refers and not (declaration.get("prepare") or {}).get("format"):
         raise DataPreparationError(f"Dataset file {path} lacks prepare.format (the raw format to read)")
     return declaration
 
