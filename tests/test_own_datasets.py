@@ -213,3 +213,10 @@ def test_duplicate_cells_of_a_matrix_keep_their_latest_time(tmp_path):
     assert "0\t1\tclick\t12" in rows and not any(row.endswith("\t22") for row in rows)  # not 10 + 12
     assert read_meta(folder)["notes"]["duplicate_cells_kept_latest"] == 1
     assert np.isfinite(read_meta(folder)["n_rows"])
+
+
+def test_list_shows_variants_and_declared_datasets(tmp_path, capsys):
+    declaration = declare_shop(tmp_path)
+    assert data_main(["list", "--dataset-file", str(declaration), "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "my_shop " in out and "retailrocket_f10 -> retailrocket" in out  # a variant prepares its base's data

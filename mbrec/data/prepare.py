@@ -87,9 +87,11 @@ def dataset_spec(name):
         spec = declarations.check_declaration(path) if path.stem in declarations.declared_dataset_files() \
             else read_yaml(path)
         seen.append(name)
-        if "alias_of" not in spec:
+        # an alias names another dataset; a variant (``extends``: other run settings, e.g. a longer
+        # window) prepares its base dataset's data
+        if "alias_of" not in spec and "extends" not in spec:
             break
-        name = spec["alias_of"]
+        name = spec.get("alias_of") or spec["extends"]
         if name in seen:
             raise DataPreparationError(f"Alias cycle in dataset configs: {' -> '.join(seen + [name])}")
     spec = dict(spec)
