@@ -122,10 +122,11 @@ def plan_run(model, dataset, config_files=(), overrides=None, seed=None, data_pa
 
 
 def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto", data_path=None,
-        cache_dir=None, results_dir=None, rerun=False):
+        cache_dir=None, results_dir=None, rerun=False, log_mode="w"):
     """Train and evaluate one (model, dataset, config, seed); return its results record.
 
-    A stored record with the same key is returned as is unless ``rerun``.
+    A stored record with the same key is returned as is unless ``rerun``. ``log_mode="a"``
+    appends to the run's log (a grid's retried run keeps the log of the attempt that died).
     """
     model_class = registry.get_model_class(model)  # fail fast on unknown names
     plan = plan_run(model, dataset, config_files, overrides, seed, data_path, cache_dir, results_dir)
@@ -142,7 +143,7 @@ def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto
             logger.info(f"another process stored run {path} meanwhile; skipping")
             return store.load_record(store.stored_record(path))
         log_file = store.log_path(results_dir, model, dataset_dir.name, seed, key)
-        with _RunLog(log_file):
+        with _RunLog(log_file, log_mode):
             try:
                 return _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key,
                                          path, log_file)
