@@ -134,10 +134,11 @@ def plan_run(model, dataset, config_files=(), overrides=None, seed=None, data_pa
 
 
 def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto", data_path=None,
-        cache_dir=None, results_dir=None, rerun=False, command_models=()):
+        cache_dir=None, results_dir=None, rerun=False, log_mode="w", command_models=()):
     """Train and evaluate one (model, dataset, config, seed); return its results record.
 
-    A stored record with the same key is returned as is unless ``rerun``.
+    A stored record with the same key is returned as is unless ``rerun``. ``log_mode="a"``
+    appends to the run's log (a grid's retried run keeps the log of the attempt that died).
     """
     model_class = registry.get_model_class(model)  # fail fast on unknown names
     plan = plan_run(model, dataset, config_files, overrides, seed, data_path, cache_dir, results_dir, command_models)
@@ -148,7 +149,7 @@ def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto
         return store.load_record(store.stored_record(path))
 
     try:
-        return _run_locked(model, model_class, plan, device, rerun)
+        return _run_locked(model, model_class, plan, device, rerun, log_mode)
     except DatasetError:
         # The data cannot serve this run (e.g. every interaction filtered out): the error's one line
         # says it all, so nothing of the run stays behind, nor the prepared copy built just for it.
@@ -161,7 +162,7 @@ def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto
         raise
 
 
-def _run_locked(model, model_class, plan, device, rerun):
+def _run_locked(model, model_class, plan, device, rerun, log_mode):
     """Train and record one planned run under its lock (see :func:`run`)."""
     settings, seed, canonical, dataset_dir = plan.settings, plan.seed, plan.canonical, plan.dataset_dir
     key, path, results_dir = plan.key, plan.path, plan.results_dir
@@ -172,7 +173,7 @@ def _run_locked(model, model_class, plan, device, rerun):
             logger.info(f"another process stored run {path} meanwhile; skipping")
             return store.load_record(store.stored_record(path))
         log_file = store.log_path(results_dir, model, dataset_dir.name, seed, key)
-        with _RunLog(log_file) as run_log:
+        with _RunLog(log_file, log_mode) as run_log:
             try:
                 return _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key,
                                          path, log_file)
