@@ -83,7 +83,8 @@ RULES = {
     "embedding_size": POSITIVE_INT, "inner_size": POSITIVE_INT, "n_layers": POSITIVE_INT, "n_heads": POSITIVE_INT,
     "stopping_step": NON_NEGATIVE_INT, "min_user_inter": NON_NEGATIVE_INT, "min_item_inter": NON_NEGATIVE_INT,
     "sampling_repeats": NON_NEGATIVE_INT, "loader_prefetch": NON_NEGATIVE_INT, "seed": ANY_INT,
-    "learning_rate": POSITIVE_FLOAT, "weight_decay": NON_NEGATIVE_FLOAT, "eval_memory_fraction": FRACTION,
+    # learning_rate 0 is allowed: frozen weights (tests/test_convergence.py uses it); negative is not
+    "learning_rate": NON_NEGATIVE_FLOAT, "weight_decay": NON_NEGATIVE_FLOAT, "eval_memory_fraction": FRACTION,
     "mask_prob": PROBABILITY, "mask_ratio": PROBABILITY, "behavior_mask_prob": PROBABILITY,
 }
 # Every ``*dropout_prob`` key (hidden_dropout_prob, attn_dropout_prob, behavior_dropout_prob, ...).

@@ -54,7 +54,7 @@ def test_unknown_prepare_option_has_a_did_you_mean():
     ("epochs=abc", "epochs must be an integer >= 1, got 'abc'"),
     ("epochs=0", "epochs must be an integer >= 1, got 0"),
     ("hidden_size=big", "hidden_size must be an integer >= 1, got 'big'"),
-    ("learning_rate=-1", "learning_rate must be a number > 0, got -1"),
+    ("learning_rate=-1", "learning_rate must be a number >= 0, got -1"),
     ("hidden_dropout_prob=1.5", "hidden_dropout_prob must be a probability in [0, 1), got 1.5"),
     ("attn_dropout_prob=-0.1", "attn_dropout_prob must be a probability in [0, 1), got -0.1"),
 ])
