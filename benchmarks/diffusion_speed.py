@@ -25,7 +25,7 @@ from mbrec import registry  # noqa: E402
 from mbrec.benchmark.runner import prepare_data, resolve_device  # noqa: E402
 from mbrec.config import build_config, merge_layers, parse_overrides  # noqa: E402
 from mbrec.data.dataset import MultiBehaviorSequentialDataset, SequenceLoader  # noqa: E402
-from mbrec.training.trainer import build_optimizer  # noqa: E402
+from mbrec.training.trainer import PRECISIONS, Trainer, build_optimizer  # noqa: E402
 
 
 def synchronize(device):
@@ -39,16 +39,35 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def time_model(model_name, dataset, overrides, device, n_batches):
+def time_eval_batch(model, batch, device):
+    """Seconds of one ``full_sort_predict`` (the evaluator's scoring call) on ``batch``."""
+    synchronize(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.full_sort_predict(batch)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def build_for_timing(model_name, dataset, overrides, device):
+    """``(config, train split, test split, model on device)`` of one run's settings."""
     settings = merge_layers(model_name, dataset, overrides=overrides)
     _, dataset_dir = prepare_data(dataset, settings)
     settings["show_progress"] = False
     config = build_config(registry.get_model_class(model_name), dataset_dir, settings)
     config["device"] = device
     train, _, test = MultiBehaviorSequentialDataset(config).build()
-    model = registry.get_model_class(model_name)(config, train).to(device)
+    return config, train, test, registry.get_model_class(model_name)(config, train).to(device)
+
+
+def time_model(model_name, dataset, overrides, device, n_batches, precision="fp32", built=None):
+    """Seconds per training batch (forward + backward + step under ``precision``, as the trainer) and per
+    evaluation batch, extrapolated to an epoch and a split; ``built`` reuses :func:`build_for_timing`."""
+    config, train, test, model = built or build_for_timing(model_name, dataset, overrides, device)
     optimizer = build_optimizer(config, model.parameters())
-    loader = iter(SequenceLoader(config, train, config["train_batch_size"], shuffle=True, training=True))
+    # the model's own trainer lays out its batches (prefix examples, or whole windows with train_unit: sequence)
+    train_loader = getattr(type(model), "trainer_class", Trainer)(config, model, device).train_loader(train)
+    loader = iter(train_loader)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -59,7 +78,9 @@ def time_model(model_name, dataset, overrides, device, n_batches):
         synchronize(device)
         start = time.perf_counter()
         optimizer.zero_grad()
-        model.calculate_loss(batch).backward()
+        with torch.autocast(device.type, dtype=PRECISIONS[precision], enabled=precision != "fp32"):
+            loss = model.calculate_loss(batch)
+        loss.backward()
         optimizer.step()
         synchronize(device)
         seconds.append(time.perf_counter() - start)
@@ -67,17 +88,12 @@ def time_model(model_name, dataset, overrides, device, n_batches):
 
     model.eval()
     eval_loader = iter(SequenceLoader(config, test, config["eval_batch_size"], shuffle=False, training=False))
-    batch = next(eval_loader).to(device)
-    synchronize(device)
-    start = time.perf_counter()
-    with torch.no_grad():
-        model.full_sort_predict(batch)
-    synchronize(device)
-    eval_batch = time.perf_counter() - start
-    n_train_batches = -(-len(train.target_rows) // config["train_batch_size"])
+    eval_batch = time_eval_batch(model, next(eval_loader).to(device), device)
+    n_train_batches = len(train_loader)
     n_eval_batches = -(-len(test.target_rows) // config["eval_batch_size"])
     return {
         "model": model_name,
+        "precision": precision,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_s_per_batch": train_batch,
         "train_s_per_epoch": train_batch * n_train_batches,

@@ -51,6 +51,48 @@ def build_model(n_items, hidden_size, device):
     return SASRec(config, _ItemCount(n_items)).to(device).eval()
 
 
+def measure_full_ranking(users, n_items=IJCAI_ITEMS, hidden_size=64, batch_size=256, item_chunk=0,
+                         device="cpu", seed=2024):
+    """Time scoring and ranking ``users`` random users over ``n_items`` items; return the figures as a dict."""
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    n_columns = n_items + 1  # + padding item 0
+    model = build_model(n_columns, hidden_size, device)
+    batch_size = fit_eval_batch_size(batch_size, n_columns, device)
+    rng = np.random.default_rng(seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    score_s = rank_s = 0.0
+    ranks = []
+    with torch.no_grad():
+        for begin in range(0, users, batch_size):
+            size = min(batch_size, users - begin)
+            lengths = rng.integers(1, WINDOW + 1, size)
+            items = rng.integers(1, n_columns, (size, WINDOW))
+            items[np.arange(WINDOW)[None, :] >= lengths[:, None]] = 0  # left-aligned, zero-padded
+            batch = Interaction({"item_id_list": torch.from_numpy(items), "item_length": torch.from_numpy(lengths),
+                                 "user_id": torch.arange(begin, begin + size)}).to(device)
+            targets = torch.from_numpy(rng.integers(1, n_columns, size)).to(device)
+            start = time.perf_counter()
+            scores = model.full_sort_predict(batch).view(size, -1).float()
+            scores[:, 0] = -torch.inf
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            middle = time.perf_counter()
+            ranks.append(chunked_rank(scores, targets, item_chunk or None).cpu())
+            del scores
+            rank_s += time.perf_counter() - middle
+            score_s += middle - start
+    total = score_s + rank_s
+    peak_mib = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB)
+    return {"model": "SASRec", "hidden_size": hidden_size, "n_items": n_items, "users": users, "batch_size": batch_size,
+            "item_chunk": item_chunk or None, "device": str(device), "torch_threads": torch.get_num_threads(),
+            "users_per_second": users / total, "seconds": total, "score_seconds": score_s, "rank_seconds": rank_s,
+            "peak_mib": peak_mib, "peak_kind": "CUDA allocated" if device.type == "cuda" else "process RSS",
+            "mean_rank_of_random_targets": torch.cat(ranks).float().mean().item()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=2_000)
@@ -64,42 +106,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    n_columns = args.n_items + 1  # + padding item 0
-    model = build_model(n_columns, args.hidden_size, device)
-    batch_size = fit_eval_batch_size(args.batch_size, n_columns, device)
-    rng = np.random.default_rng(args.seed)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    score_s = rank_s = 0.0
-    ranks = []
-    with torch.no_grad():
-        for begin in range(0, args.users, batch_size):
-            size = min(batch_size, args.users - begin)
-            lengths = rng.integers(1, WINDOW + 1, size)
-            items = rng.integers(1, n_columns, (size, WINDOW))
-            items[np.arange(WINDOW)[None, :] >= lengths[:, None]] = 0  # left-aligned, zero-padded
-            batch = Interaction({"item_id_list": torch.from_numpy(items), "item_length": torch.from_numpy(lengths),
-                                 "user_id": torch.arange(begin, begin + size)}).to(device)
-            targets = torch.from_numpy(rng.integers(1, n_columns, size)).to(device)
-            start = time.perf_counter()
-            scores = model.full_sort_predict(batch).view(size, -1).float()
-            scores[:, 0] = -torch.inf
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            middle = time.perf_counter()
-            ranks.append(chunked_rank(scores, targets, args.item_chunk or None).cpu())
-            del scores
-            rank_s += time.perf_counter() - middle
-            score_s += middle - start
-    total = score_s + rank_s
-    peak = (f"peak CUDA {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB" if device.type == "cuda"
-            else f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB:.0f} MiB")
-    print(f"SASRec d={args.hidden_size}, {args.n_items:,} items, {args.users:,} users, batch {batch_size}, "
-          f"item chunk {args.item_chunk or 'all'}, device {device}, torch threads {torch.get_num_threads()}")
-    print(f"{args.users / total:.1f} users/s; {total:.2f}s = scoring {score_s:.2f}s + ranking {rank_s:.2f}s; {peak}")
-    print(f"mean rank of random targets {torch.cat(ranks).float().mean().item():,.0f} (expect ~{args.n_items / 2:,.0f})")
+    figures = measure_full_ranking(args.users, args.n_items, args.hidden_size, args.batch_size, args.item_chunk,
+                                   args.device, args.seed)
+    print(f"SASRec d={args.hidden_size}, {args.n_items:,} items, {args.users:,} users, batch {figures['batch_size']}, "
+          f"item chunk {args.item_chunk or 'all'}, device {figures['device']}, torch threads {figures['torch_threads']}")
+    print(f"{figures['users_per_second']:.1f} users/s; {figures['seconds']:.2f}s = scoring {figures['score_seconds']:.2f}s"
+          f" + ranking {figures['rank_seconds']:.2f}s; peak {figures['peak_kind']} {figures['peak_mib']:.0f} MiB")
+    print(f"mean rank of random targets {figures['mean_rank_of_random_targets']:,.0f} (expect ~{args.n_items / 2:,.0f})")
 
 
 if __name__ == "__main__":

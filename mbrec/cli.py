@@ -1,8 +1,8 @@
 """The command line: ``run_benchmark.py`` parses here and dispatches to one subcommand.
 
 Subcommands: runs (default; one machine or a Ray grid), ``table`` and ``compare`` (reporting,
-no training), ``tune`` (Ray Tune sweeps). This is the only module that imports both the
-benchmark package (runner, grid, tune) and reporting; neither imports it.
+no training), ``tune`` (Ray Tune sweeps), ``suite`` (a suite's sweeps and runs). This is the only
+module that imports both the benchmark package (runner, grid, tune) and reporting; neither imports it.
 """
 
 import argparse
@@ -12,6 +12,8 @@ import sys
 from mbrec import registry
 from mbrec.benchmark.runner import LOG_FORMAT, USER_ERRORS, run
 from mbrec.config import parse_overrides
+from mbrec.data.declarations import DATASET_FILE_HELP, use_dataset_files
+from mbrec.data.errors import DataPreparationError
 
 logger = logging.getLogger("mbrec")
 
@@ -48,9 +50,11 @@ def build_parser():
     parser.add_argument("--model", "--models", dest="models", nargs="+", default=["SASRec"],
                         help="model name(s): mbrec's and RecBole's sequential models")
     parser.add_argument("--dataset", "--datasets", dest="datasets", nargs="+", default=["synthetic"],
-                        help="registered dataset name(s) (properties/dataset/*.yaml)")
+                        help="dataset name(s): built-in (properties/dataset/*.yaml) or declared with --dataset-file")
     parser.add_argument("--seed", "--seeds", dest="seeds", nargs="+", type=int, default=[None],
                         help="random seed(s); default: the config's seed")
+    parser.add_argument("--dataset-file", dest="dataset_files", action="append", default=[], metavar="NAME.yaml",
+                        help=DATASET_FILE_HELP)
     parser.add_argument("--config", dest="config_files", nargs="+", default=[], help="extra YAML config file(s)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--data-path", help="root of the raw data (default: $MBREC_DATA_DIR)")
@@ -73,6 +77,15 @@ def build_parser():
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "suite":  # a suite's missing sweeps and runs, then its tables
+        from mbrec.benchmark.suite import suite_main
+        from mbrec.reporting.suite_tables import print_suite_report
+
+        return suite_main(argv[1:], report=print_suite_report)
+    if argv and argv[0] == "table" and any(arg.split("=")[0] == "--suite" for arg in argv[1:]):
+        from mbrec.reporting.suite_tables import suite_table_main
+
+        return suite_table_main(argv[1:])
     if argv and argv[0] == "table":  # rebuild tables from stored results, no training
         from mbrec.reporting.tables import table_main
 
@@ -91,6 +104,11 @@ def main(argv=None):
     args, unknown = parser.parse_known_args([arg for arg in argv if arg not in extra])
     extra += unknown
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        use_dataset_files(args.dataset_files)
+    except DataPreparationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.list:
         print("models:  ", ", ".join(registry.model_names()))
         print("datasets:", ", ".join(registry.dataset_names()))
@@ -104,10 +122,11 @@ def main(argv=None):
     if args.ray_address or args.workers:
         from mbrec.benchmark.grid import run_grid
         from mbrec.benchmark.tune import TuneNotInstalledError
+        from mbrec.config import ConfigError
 
         try:
             records, failures = run_grid(args, overrides)
-        except TuneNotInstalledError as error:  # Ray is an optional extra
+        except (TuneNotInstalledError, ConfigError) as error:  # Ray is an optional extra; a cluster refused us
             print(f"error: the grid runs on Ray: {error}", file=sys.stderr)
             return 2
         return _report(records, failures, args)

@@ -14,6 +14,8 @@ from recbole.data.transform import construct_transform
 
 from mbrec import registry
 from mbrec.data.dataset import TRAIN_UNIT_KINDS, TRAIN_UNITS
+from mbrec.data.declarations import declaration_file
+from mbrec.data.prepare import update_prepare_options
 from mbrec.utils import PROPERTIES_DIR
 
 
@@ -80,23 +82,82 @@ def deep_update(base, update):
     return base
 
 
+def merge_layer(merged, layer):
+    """:func:`deep_update`, except the ``prepare:`` block, which merges as prepare options do
+    (``mbrec.data.prepare.update_prepare_options``: a ``files`` map is replaced, and a new
+    ``format`` drops the file names of the old one)."""
+    layer = dict(layer)
+    prepare_block = layer.pop("prepare", None)
+    deep_update(merged, layer)
+    if isinstance(prepare_block, dict) and isinstance(merged.get("prepare"), dict):
+        merged["prepare"] = update_prepare_options(merged["prepare"], prepare_block)
+    elif prepare_block is not None:
+        merged["prepare"] = prepare_block
+    return merged
+
+
+# A dataset variant's YAML names the dataset it refines with this key (retailrocket_f10 extends
+# retailrocket): its protocol settings are stated once, layered over the base dataset's YAML.
+EXTENDS_KEY = "extends"
+ALIAS_KEY = "alias_of"
+
+
+def _dataset_yaml(dataset):
+    """The YAML declaring ``dataset``: built-in, or the user's own (``--dataset-file``)."""
+    path = declaration_file(dataset)
+    if path is None:
+        raise ConfigError(f"Unknown dataset '{dataset}'. Valid datasets: {', '.join(registry.dataset_names())}. "
+                          f"Your own dataset: declare it in NAME.yaml and pass --dataset-file NAME.yaml")
+    return path
+
+
+def dataset_config_files(dataset):
+    """The dataset's YAML layers, base first: ``alias_of`` is followed (retail -> taobao), a variant's
+    ``extends`` puts the base dataset's YAML(s) under its own (retailrocket_f10 over retailrocket)."""
+    chain, name = [], dataset
+    while True:
+        if name in [seen for seen, _ in chain]:
+            raise ConfigError(f"Dataset YAMLs refer to each other in a cycle: "
+                              f"{' -> '.join([seen for seen, _ in chain] + [name])}")
+        path = _dataset_yaml(name)
+        content = load_yaml(path)
+        if content.get(ALIAS_KEY):
+            chain.append((name, None))  # an alias adds no settings of its own
+            name = content[ALIAS_KEY]
+        elif content.get(EXTENDS_KEY):
+            chain.append((name, path))
+            name = content[EXTENDS_KEY]
+        else:
+            chain.append((name, path))
+            return [path for _, path in reversed(chain) if path is not None]
+
+
+def base_dataset(dataset):
+    """The registered dataset whose data a name prepares: a variant's base, itself otherwise.
+
+    Aliases are left to the data package (it knows ``alias_of``); variants are a config matter.
+    """
+    dataset_config_files(dataset)  # unknown names and cycles raise here
+    name = dataset
+    while extends := load_yaml(_dataset_yaml(name)).get(EXTENDS_KEY):
+        name = extends
+    return name
+
+
 def dataset_config_file(dataset):
-    """The dataset's YAML, following ``alias_of`` (retail -> taobao)."""
-    path = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"Unknown dataset '{dataset}'. Valid datasets: {', '.join(registry.dataset_names())}")
-    alias = load_yaml(path).get("alias_of")
-    return dataset_config_file(alias) if alias else path
+    """The dataset's own YAML (its last layer, see :func:`dataset_config_files`)."""
+    return dataset_config_files(dataset)[-1]
 
 
 def merge_layers(model, dataset, config_files=(), overrides=None):
     """Merge the YAML layers and overrides into one plain dict (the run's own settings)."""
-    layers = [PROPERTIES_DIR / "overall.yaml", *registry.model_config_files(model), dataset_config_file(dataset)]
+    layers = [PROPERTIES_DIR / "overall.yaml", *registry.model_config_files(model), *dataset_config_files(dataset)]
     merged = {}
     for path in [p for p in layers if p is not None] + [*config_files]:
-        deep_update(merged, load_yaml(path))
-    deep_update(merged, overrides or {})
-    merged.pop("alias_of", None)
+        merge_layer(merged, load_yaml(path))
+    merge_layer(merged, overrides or {})
+    merged.pop(ALIAS_KEY, None)
+    merged.pop(EXTENDS_KEY, None)  # names the layering, not a setting: a variant's runs key like its overrides
     return merged
 
 

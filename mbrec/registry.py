@@ -8,6 +8,7 @@ import importlib
 
 from recbole.model.abstract_recommender import SequentialRecommender
 
+from mbrec.data import declarations
 from mbrec.utils import PROPERTIES_DIR
 
 MBREC_MODELS = {
@@ -82,4 +83,5 @@ def model_config_files(name):
 
 
 def dataset_names():
-    return sorted(path.stem for path in (PROPERTIES_DIR / "dataset").glob("*.yaml"))
+    """Built-in datasets and those declared with ``--dataset-file``."""
+    return declarations.dataset_names()

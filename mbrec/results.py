@@ -16,12 +16,13 @@ local file systems and NFSv4; on other shared storage run each run key from one 
 
 import contextlib
 import fcntl
+import gzip
 import hashlib
 import json
 import os
 from pathlib import Path
 
-from mbrec.utils import REPO_DIR, write_json_atomic
+from mbrec.utils import REPO_DIR, atomic_path, write_json_atomic
 
 RECORD_VERSION = 1
 # Settings that do not change a run's numbers, so they do not enter its key.
@@ -29,6 +30,13 @@ VOLATILE_KEYS = {"show_progress", "device", "data_path", "eval_batch_size", "che
                  "gpu_id", "use_gpu", "worker", "eval_item_chunk", "eval_memory_fraction",
                  "save_item_vectors"}
 REQUIRED_FIELDS = ("record_version", "run_key", "model", "dataset", "seed", "config", "results")
+# A record may be stored gzip-compressed beside its plain name (``<name>.json.gz``): the reference
+# suites commit theirs that way (per-user vectors compress about 4x). Readers accept both.
+COMPRESSED_SUFFIX = ".gz"
+RECORD_GLOBS = ("*.json", "*.json.gz")
+# ``training.stopped_by``: the trainer's words (mbrec.training.trainer), repeated here because the
+# results store must not import the training package.
+STOPPED_BY_PATIENCE, STOPPED_BY_EPOCH_CAP, STOPPED_BY_NO_TRAINING = "patience", "epoch_cap", "not_trained"
 
 
 class ResultsError(ValueError):
@@ -87,22 +95,68 @@ def run_lock(record_file, wait=True):
         handle.close()
 
 
+def compressed_path(path):
+    """``<name>.json`` -> ``<name>.json.gz`` (the compressed form of the same record)."""
+    path = Path(path)
+    return path if path.name.endswith(COMPRESSED_SUFFIX) else path.with_name(path.name + COMPRESSED_SUFFIX)
+
+
+def stored_record(path):
+    """The stored file of the record meant by ``path`` (plain or compressed), or None when neither exists."""
+    for candidate in (Path(path), compressed_path(path)):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def save_record(path, record):
+    """Write ``record`` atomically at ``path``; gzip-compressed when ``path`` ends in ``.gz``."""
     record = {"record_version": RECORD_VERSION, **record}
     missing = [field for field in REQUIRED_FIELDS if field not in record]
     if missing:
         raise ResultsError(f"Refusing to write an incomplete record {path}: missing {missing}")
-    write_json_atomic(path, record)
+    if str(path).endswith(COMPRESSED_SUFFIX):
+        with atomic_path(path) as tmp:
+            # mtime=0: the same record compresses to the same bytes (a rerun of `suite` leaves git clean)
+            with open(tmp, "wb") as raw:
+                with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as handle:
+                    handle.write(json.dumps(record, indent=1, sort_keys=True, default=str).encode("utf-8"))
+                raw.flush()
+                os.fsync(raw.fileno())  # on disk before the rename makes it visible
+    else:
+        write_json_atomic(path, record)
     return path
 
 
+def compress_record(path):
+    """Rewrite a plain ``.json`` record as ``.json.gz`` (then remove the plain file); return the new path."""
+    path = Path(path)
+    if path.name.endswith(COMPRESSED_SUFFIX):
+        return path
+    target = compressed_path(path)
+    save_record(target, load_record(path))
+    path.unlink()
+    return target
+
+
+def record_files(runs_dir):
+    """Every stored record file under ``<runs_dir>/<dataset>/<model>/`` (plain and compressed), sorted."""
+    runs_dir = Path(runs_dir)
+    paths = [path for pattern in RECORD_GLOBS for path in runs_dir.glob(f"*/*/{pattern}")]
+    return sorted(path for path in paths if not path.name.startswith("."))  # "." = an atomic write in progress
+
+
 def load_record(path):
-    """Load and validate a record; raise ResultsError naming the file and the problem."""
+    """Load and validate a record (plain or ``.gz``); raise ResultsError naming the file and the problem."""
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as handle:
-            record = json.load(handle)
-    except json.JSONDecodeError as error:
+        if path.name.endswith(COMPRESSED_SUFFIX):
+            with gzip.open(path, "rt", encoding="utf-8") as handle:
+                record = json.load(handle)
+        else:
+            with open(path, encoding="utf-8") as handle:
+                record = json.load(handle)
+    except (json.JSONDecodeError, gzip.BadGzipFile, EOFError) as error:
         raise ResultsError(f"{path} is not valid JSON ({error}); delete it or rerun with --rerun") from None
     missing = [field for field in REQUIRED_FIELDS if field not in record]
     if missing:
@@ -117,3 +171,43 @@ def load_record(path):
         if n_users != len(per_user.get("rank", [])) or repeat_length != n_users or "metrics" not in result:
             raise ResultsError(f"{path}: task '{task}' has inconsistent per-user vectors; rerun with --rerun")
     return record
+
+
+def stopped_by(record):
+    """Why a run's training ended: ``patience``, ``epoch_cap``, ``not_trained``, or None when unknown.
+
+    Records made before the trainer stored it are judged from their history: a run that trained
+    fewer epochs than its cap stopped by patience; one that ran all of them stopped by patience
+    only if more than ``stopping_step`` validations after its best epoch did not improve.
+    Multi-stage runs (history entries carry ``stage``) are judged stage by stage, each against
+    ``<stage>_epochs``; one capped stage caps the run.
+    """
+    training = record.get("training") or {}
+    if training.get("stopped_by"):
+        return training["stopped_by"]
+    history = training.get("history")
+    config = record.get("config") or {}
+    if history is None or "stopping_step" not in config:
+        return None
+    if training.get("epochs_run") == 0 and not history:
+        return STOPPED_BY_NO_TRAINING
+    stages = {}
+    for entry in history:
+        stages.setdefault(entry.get("stage"), []).append(entry)
+    verdicts = []
+    for stage, entries in stages.items():
+        cap = config.get("epochs") if stage is None else config.get(f"{stage}_epochs")
+        if cap is None:
+            return None
+        verdicts.append(_stage_stopped_by(entries, int(cap), int(config["stopping_step"])))
+    return STOPPED_BY_EPOCH_CAP if STOPPED_BY_EPOCH_CAP in verdicts else STOPPED_BY_PATIENCE
+
+
+def _stage_stopped_by(entries, cap, stopping_step):
+    if len(entries) < cap:
+        return STOPPED_BY_PATIENCE
+    scores = [entry["valid_score"] for entry in entries if entry.get("valid_score") is not None]
+    if not scores:
+        return STOPPED_BY_EPOCH_CAP
+    best_at = max(range(len(scores)), key=lambda index: (scores[index], -index))  # first best, as the trainer
+    return STOPPED_BY_PATIENCE if len(scores) - 1 - best_at > stopping_step else STOPPED_BY_EPOCH_CAP

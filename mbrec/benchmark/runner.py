@@ -21,7 +21,7 @@ from mbrec.registry import UnknownModelError
 from mbrec import results as store
 from mbrec.results import ResultsError
 from mbrec.training.trainer import Trainer, TrainingError
-from mbrec.config import ConfigError, build_config, check_train_unit, merge_layers
+from mbrec.config import ConfigError, base_dataset, build_config, check_train_unit, merge_layers
 from mbrec.data.dataset import DatasetError, MultiBehaviorSequentialDataset
 from mbrec.data.prepare import LOCATION_KEYS, DataPreparationError, dataset_spec, prepare, read_meta
 from mbrec.evaluation import Evaluator
@@ -63,8 +63,12 @@ def versions():
 
 
 def prepare_data(dataset, settings, data_path=None, cache_dir=None):
-    """Prepare (or reuse) the dataset's atomic files with the run's preparation options."""
-    spec = dataset_spec(dataset)
+    """Prepare (or reuse) the dataset's atomic files with the run's preparation options.
+
+    A dataset variant prepares its base dataset's files (its own settings, including any
+    ``prepare:`` options it changes, arrive in ``settings``).
+    """
+    spec = dataset_spec(base_dataset(dataset))
     overrides = {key: value for key, value in (settings.get("prepare") or {}).items() if key not in LOCATION_KEYS}
     overrides.update({key: settings[key] for key in PREPARE_SETTING_KEYS if key in settings})
     if "heldout" in overrides and "heldout" not in spec and spec["prepare"].get("format") != "matrices":
@@ -118,27 +122,28 @@ def plan_run(model, dataset, config_files=(), overrides=None, seed=None, data_pa
 
 
 def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto", data_path=None,
-        cache_dir=None, results_dir=None, rerun=False):
+        cache_dir=None, results_dir=None, rerun=False, log_mode="w"):
     """Train and evaluate one (model, dataset, config, seed); return its results record.
 
-    A stored record with the same key is returned as is unless ``rerun``.
+    A stored record with the same key is returned as is unless ``rerun``. ``log_mode="a"``
+    appends to the run's log (a grid's retried run keeps the log of the attempt that died).
     """
     model_class = registry.get_model_class(model)  # fail fast on unknown names
     plan = plan_run(model, dataset, config_files, overrides, seed, data_path, cache_dir, results_dir)
     settings, seed, canonical, dataset_dir = plan.settings, plan.seed, plan.canonical, plan.dataset_dir
     key, path, results_dir = plan.key, plan.path, plan.results_dir
-    if path.exists() and not rerun:
-        logger.info(f"found stored run {path}; skipping (use --rerun to train again)")
-        return store.load_record(path)
+    if store.stored_record(path) and not rerun:
+        logger.info(f"found stored run {store.stored_record(path)}; skipping (use --rerun to train again)")
+        return store.load_record(store.stored_record(path))
 
     # One process trains a run at a time (parallel grids, Ray workers): a second one waits here,
     # then finds the record the first wrote.
     with store.run_lock(path):
-        if path.exists() and not rerun:
+        if store.stored_record(path) and not rerun:
             logger.info(f"another process stored run {path} meanwhile; skipping")
-            return store.load_record(path)
+            return store.load_record(store.stored_record(path))
         log_file = store.log_path(results_dir, model, dataset_dir.name, seed, key)
-        with _RunLog(log_file):
+        with _RunLog(log_file, log_mode):
             try:
                 return _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key,
                                          path, log_file)
@@ -272,6 +277,7 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     store.save_record(path, record)
+    store.compressed_path(path).unlink(missing_ok=True)  # a --rerun replaces the compressed copy too
     logger.info(f"wrote {path}")
     return record
 

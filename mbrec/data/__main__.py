@@ -1,7 +1,7 @@
 """Command line for data preparation.
 
-    python -m mbrec.data list
-    python -m mbrec.data prepare NAME [--raw PATH] [--data-path DIR] [--cache-dir DIR] [--force]
+    python -m mbrec.data list [--dataset-file NAME.yaml ...]
+    python -m mbrec.data prepare NAME [--dataset-file NAME.yaml] [--raw PATH] [--data-path DIR] [--cache-dir DIR] [--force]
                                       [--format F] [--heldout append|ignore] [--size S] [--seed N]
                                       [--sep SEP] [--option KEY=YAML_VALUE ...]
     python -m mbrec.data synthesize-ijcai15 OUT [--size ijcai] [--seed N]
@@ -16,9 +16,10 @@ import time
 import yaml
 
 from mbrec.data.prepare import (
-    HELDOUT_MODES, META_FILE, DataPreparationError, dataset_spec, effective_options,
+    HELDOUT_MODES, META_FILE, DataPreparationError, data_checks, dataset_spec, effective_options,
     fingerprint, locate_raw_files, prepare, read_meta, registered_names, variant_name,
 )
+from mbrec.data.declarations import DATASET_FILE_HELP, use_dataset_files
 from mbrec.data.readers import FORMATS
 from mbrec.utils import cache_dir as cache_root
 
@@ -39,9 +40,12 @@ def build_parser():
     listing = commands.add_parser("list", help="registered datasets: format, raw data found, prepared")
     listing.add_argument("--data-path", help="root of raw data (default $MBREC_DATA_DIR)")
     listing.add_argument("--cache-dir", help="root of prepared data (default $MBREC_CACHE_DIR)")
+    listing.add_argument("--dataset-file", action="append", default=[], metavar="NAME.yaml",
+                         help=DATASET_FILE_HELP)
 
     prep = commands.add_parser("prepare", help="write RecBole atomic files for a dataset")
-    prep.add_argument("name", help="registered dataset name (see `list`)")
+    prep.add_argument("name", help="registered dataset name (see `list`), or one declared with --dataset-file")
+    prep.add_argument("--dataset-file", action="append", default=[], metavar="NAME.yaml", help=DATASET_FILE_HELP)
     prep.add_argument("--raw", help="raw file or folder (default <data-path>/<subdir>)")
     prep.add_argument("--data-path", help="root of raw data (default $MBREC_DATA_DIR)")
     prep.add_argument("--cache-dir", help="root of prepared data (default $MBREC_CACHE_DIR or ~/.cache/mbrec)")
@@ -109,6 +113,8 @@ def cmd_prepare(args):
           f"{meta.get('n_users', 0):,} users, {meta.get('n_items', 0):,} items")
     for reason, count in (meta.get("dropped") or {}).items():
         print(f"  dropped {count:,}: {reason}")
+    for line in data_checks(meta):
+        print(f"  {line}")
     print(f"  {time.time() - started:.2f}s (built {meta.get('created', '?')})")
     return 0
 
@@ -132,6 +138,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
+        use_dataset_files(getattr(args, "dataset_file", None))
         if args.command == "synthesize-ijcai15":
             return cmd_synthesize_ijcai15(args)
         return cmd_list(args) if args.command == "list" else cmd_prepare(args)

@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from mbrec.training.trainer import Trainer, build_optimizer
+from mbrec.training.trainer import STOPPED_BY_EPOCH_CAP, STOPPED_BY_PATIENCE, Trainer, build_optimizer
 from mbrec.utils import atomic_path
 
 logger = logging.getLogger("mbrec")
@@ -91,8 +91,11 @@ class StagedTrainer(Trainer):
         state_path.unlink(missing_ok=True)
         final = self.stage_summaries[completed[-1]] if completed else {"best_epoch": None,
                                                                        "best_valid_score": math.nan}
+        # Converged only if every stage trained ended by patience; one capped stage caps the run.
+        capped = any(summary.get("stopped_by") == STOPPED_BY_EPOCH_CAP for summary in self.stage_summaries.values())
         return {"best_epoch": final["best_epoch"], "best_valid_score": final["best_valid_score"],
-                "epochs_run": len(self.history), "stages": self.stage_summaries}
+                "epochs_run": len(self.history), "stages": self.stage_summaries,
+                "stopped_by": STOPPED_BY_EPOCH_CAP if capped or not completed else STOPPED_BY_PATIENCE}
 
     def _fit_stage(self, stage, loader, valid_dataset, checkpoint_path, floor):
         """Train one stage; leave its best weights (or, under ``floor``, the previous ones) loaded."""
@@ -103,6 +106,7 @@ class StagedTrainer(Trainer):
         first_epoch = len(self.history)
         best_score = -math.inf if floor is None else floor
         best_epoch, bad_validations, seconds = None, 0, []
+        stopped_by = STOPPED_BY_EPOCH_CAP
         logger.info(f"stage {stage}: up to {epochs} epochs, {sum(p.numel() for p in trainable)} trainable "
                     f"parameters" + ("" if floor is None else f", must beat {floor:.4f} of the previous stage"))
         for stage_epoch in range(epochs):
@@ -128,12 +132,13 @@ class StagedTrainer(Trainer):
             self.history.append(entry)
             if bad_validations > self.stopping_step:
                 logger.info(f"stage {stage}: early stopping after epoch {epoch}")
+                stopped_by = STOPPED_BY_PATIENCE
                 break
         if best_epoch is None:
             logger.info(f"stage {stage} did not beat the previous stage ({best_score:.4f}); keeping its weights")
         self.model.load_state_dict(torch.load(checkpoint_path, map_location=self.device, weights_only=True))
         return {"best_epoch": best_epoch, "best_valid_score": best_score, "epochs_run": len(self.history) - first_epoch,
-                "train_seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None}
+                "train_seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None, "stopped_by": stopped_by}
 
     def _save_state(self, state_path, completed, carried):
         with atomic_path(state_path) as tmp:

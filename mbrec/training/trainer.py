@@ -46,6 +46,12 @@ OPTIMIZERS = {
 # apart, and ties count against the target).
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
+# Why training ended (``stopped_by`` of the fit summary and the record): patience ran out on valid
+# (converged), or the epoch cap came first (the selected epoch may still have been improving).
+STOPPED_BY_PATIENCE = "patience"
+STOPPED_BY_EPOCH_CAP = "epoch_cap"
+STOPPED_BY_NO_TRAINING = "not_trained"  # rules without training (Pop, Recent)
+
 
 def _to_device(batch, device):
     """Pinned batches are copied asynchronously; the step that follows waits for them on the device."""
@@ -110,6 +116,7 @@ class Trainer:
         """Train until ``epochs`` or early stopping; leave the best weights loaded."""
         loader = self.train_loader(train_dataset)
         best_score, best_epoch, bad_validations = -math.inf, -1, 0
+        stopped_by = STOPPED_BY_EPOCH_CAP
         for epoch in range(self.epochs):
             start = time.perf_counter()
             loss = self._train_epoch(loader, epoch)
@@ -131,9 +138,14 @@ class Trainer:
             if bad_validations > self.stopping_step:
                 logger.info(f"early stopping after epoch {epoch}: no valid improvement for "
                             f"{bad_validations} validations")
+                stopped_by = STOPPED_BY_PATIENCE
                 break
+        if stopped_by == STOPPED_BY_EPOCH_CAP:
+            logger.info(f"stopped by the epoch cap ({self.epochs} epochs) before patience ran out: valid may still "
+                        f"improve")
         self.model.load_state_dict(torch.load(checkpoint_path, map_location=self.device, weights_only=True))
-        return {"best_epoch": best_epoch, "best_valid_score": best_score, "epochs_run": len(self.history)}
+        return {"best_epoch": best_epoch, "best_valid_score": best_score, "epochs_run": len(self.history),
+                "stopped_by": stopped_by}
 
     def notify_validation(self, entry, best_score, best_epoch):
         """Hand one validated epoch (its history ``entry``) and the best so far to the callbacks."""
@@ -209,4 +221,4 @@ class NoTrainingTrainer(Trainer):
         logger.info(f"{type(self.model).__name__} does not train; valid {self.valid_task} "
                     f"{self.valid_metric} {score:.4f}")
         self.notify_validation({"epoch": None, "loss": None, "valid_score": score}, score, None)
-        return {"best_epoch": None, "best_valid_score": score, "epochs_run": 0}
+        return {"best_epoch": None, "best_valid_score": score, "epochs_run": 0, "stopped_by": STOPPED_BY_NO_TRAINING}

@@ -23,6 +23,7 @@ from mbrec.reporting.tables.marks import (
 )
 from mbrec.reporting.tables.records import _newest_per_run
 from mbrec.reporting.protocols import check_table_protocols
+from mbrec.results import STOPPED_BY_EPOCH_CAP, stopped_by
 from mbrec.evaluation.metrics import TASKS
 
 # Rules that do not learn: the first rows of a default table, so every learned model is read against them.
@@ -57,6 +58,7 @@ class Cell:
     user_p_adjusted: float = None
     seed_p_adjusted: float = None
     effect: object = None
+    capped: bool = False  # a run of the cell stopped at the epoch cap (not converged)
 
 
 @dataclass
@@ -170,7 +172,8 @@ def _make_cell(runs, task, metric, part=None):
         seeds = tuple(sorted(values))
         series = np.asarray([values[seed] for seed in seeds])
         std = float(np.std(series, ddof=1)) if len(series) > 1 else None
-        return Cell(VALUE, float(series.mean()), std, seeds), values
+        capped = any(stopped_by(runs[seed]) == STOPPED_BY_EPOCH_CAP for seed in seeds)
+        return Cell(VALUE, float(series.mean()), std, seeds, capped=capped), values
     if NOT_APPLICABLE in states:
         return Cell(NOT_APPLICABLE), values
     if UNKNOWN in states:

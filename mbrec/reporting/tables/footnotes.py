@@ -8,7 +8,7 @@ from mbrec.reporting.evidence import SEED_TEST_RULE, UNTESTED_RULE, user_level_d
 from mbrec.reporting.protocols import protocol_lines, repeated_test_line, target_share_lines
 from mbrec.reporting.stats import CORRECTION_NAMES, MIN_SEEDS_FOR_SEED_TEST, NEW, REPEAT
 from mbrec.reporting.tables.marks import (
-    DAGGER_MARK, EMPTY_MARK, IMPROVE_LABEL, MISSING_MARK, NA_MARK, STAR_MARK, UNKNOWN_MARK, VALUE,
+    CAP_MARK, DAGGER_MARK, EMPTY_MARK, IMPROVE_LABEL, MISSING_MARK, NA_MARK, STAR_MARK, UNKNOWN_MARK, VALUE,
 )
 
 # Starts the footnote sentence on model selection (the test lock).
@@ -48,6 +48,9 @@ def _footnote(table, records):
         # the star and dagger sentences are inserted here by apply_correction
         f"{NA_MARK}: the model cannot do this task; {MISSING_MARK}: run not present.",
     ]
+    if any(cell.capped for cell in table.cells.values()):
+        lines.append(f"{CAP_MARK}: at least one run of the cell stopped at the epoch cap before its patience on "
+                     f"valid ran out (not converged; record: training.stopped_by).")
     if table.part:
         lines.append(f"{UNKNOWN_MARK}: the run's record has no repeat flags (made before they were stored); "
                      f"rerun it with --rerun to split it. {EMPTY_MARK}: no test user of this part.")

@@ -11,7 +11,7 @@ from mbrec.results import default_results_dir
 from mbrec.reporting.evidence import BOOTSTRAP_RULE, user_level_description
 from mbrec.reporting.stats import CORRECTION_NAMES, DEFAULT_CONFIDENCE, p_value_text
 from mbrec.reporting.tables.marks import (
-    BASELINE_GROUP, EMPTY_MARK, GROUP_HEADINGS, IMPROVE_GROUP, IMPROVE_LABEL, MISSING, MISSING_MARK, NA_MARK,
+    BASELINE_GROUP, CAP_MARK, EMPTY_MARK, GROUP_HEADINGS, IMPROVE_GROUP, IMPROVE_LABEL, MISSING, MISSING_MARK, NA_MARK,
     NOT_APPLICABLE, EMPTY, P_VALUE_DIGITS, PERCENT, PERCENT_DECIMALS, PROPOSED_GROUP, STAR_MARK, UNKNOWN,
     UNKNOWN_MARK, VALUE,
 )
@@ -33,15 +33,18 @@ class _Style:
     not_applicable: str
     percent: str
     unknown: str = UNKNOWN_MARK
+    cap: str = CAP_MARK
 
 
 _MARKDOWN = _Style(bold="**{}**", underline="<u>{}</u>", star="\\*", dagger="†", plus_minus=" ± ",
                    missing=MISSING_MARK, not_applicable=NA_MARK, percent="%")
 _LATEX = _Style(bold="\\textbf{{{}}}", underline="\\underline{{{}}}", star="$^{*}$", dagger="$^{\\dagger}$",
+                cap="$^{\\ddagger}$",
                 plus_minus="$\\pm$", missing=LATEX_MISSING_MARK, not_applicable=NA_MARK, percent="\\%")
 _LATEX_SPECIAL = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_",
                   "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}",
-                  "†": "$^{\\dagger}$", "±": "$\\pm$", "—": "--", "≥": "$\\geq$", "<": "$<$", ">": "$>$"}
+                  "†": "$^{\\dagger}$", "‡": "$^{\\ddagger}$",
+                  "±": "$\\pm$", "—": "--", "≥": "$\\geq$", "<": "$<$", ">": "$>$"}
 
 
 def latex_escape(text):
@@ -69,6 +72,8 @@ def _format_cell(table, cell, style):
         text += style.star
     if cell.seed_star:
         text += style.dagger
+    if cell.capped:
+        text += style.cap
     return text
 
 
@@ -182,7 +187,7 @@ def to_latex(table):
     return "\n".join(lines) + "\n"
 
 
-CSV_FIELDS = ("group", "model", "dataset", "metric", "status", "mean", "std", "n_seeds", "seeds", "mark",
+CSV_FIELDS = ("group", "model", "dataset", "metric", "status", "mean", "std", "n_seeds", "seeds", "mark", "capped",
               "star", "seed_star", "compared_with", "p_user", "p_seed", "part", "test", "correction",
               "p_user_adjusted", "p_seed_adjusted", "difference", "ci_low", "ci_high", "relative", "n_users",
               "p_user_note", "p_seed_note")
@@ -213,6 +218,7 @@ def to_csv(table):
                 "status": cell.status, "mean": _number(cell.mean), "std": _number(cell.std),
                 "n_seeds": len(cell.seeds), "seeds": " ".join(str(seed) for seed in cell.seeds),
                 "mark": "best" if cell.best else "second" if cell.second else "",
+                "capped": int(cell.capped),
                 "star": int(cell.star), "seed_star": int(cell.seed_star), "compared_with": cell.compared_with or "",
                 "p_user": _number(cell.user_test.pvalue if cell.user_test else None),
                 "p_seed": _number(cell.seed_test.pvalue if cell.seed_test else None),

@@ -21,3 +21,5 @@ IMPROVE_LABEL = "Improve"
 GROUP_HEADINGS = {BASELINE_GROUP: "baselines", PROPOSED_GROUP: "proposed"}
 # Footnote sentences start with these marks; renderers draw them in their own syntax.
 STAR_MARK, DAGGER_MARK = "*", "†"
+# A cell any of whose runs stopped at the epoch cap (``training.stopped_by``), not by patience.
+CAP_MARK = "‡"

@@ -6,7 +6,7 @@ from datetime import datetime
 from pathlib import Path
 
 from mbrec.protocol import record_protocol
-from mbrec.results import ResultsError, default_results_dir, load_record
+from mbrec.results import ResultsError, default_results_dir, load_record, record_files
 
 # Records without a creation time sort as the oldest when duplicates are resolved.
 _OLDEST = datetime.min.isoformat()
@@ -64,9 +64,7 @@ def collect_records(results_dir=None, models=None, datasets=None, seeds=None):
     dataset_filter = set(datasets) if datasets else None
     seed_filter = {int(seed) for seed in seeds} if seeds else None
     entries, problems = [], []
-    for path in sorted(runs_dir.glob("*/*/*.json")):
-        if path.name.startswith("."):
-            continue  # an in-progress atomic write
+    for path in record_files(runs_dir):  # plain and gzip-compressed (.json.gz); in-progress writes skipped
         dataset_folder, model_folder = path.parent.parent.name, path.parent.name
         if ((model_filter and model_folder not in model_filter)
                 or (dataset_filter and dataset_folder not in dataset_filter)):

@@ -1,0 +1,89 @@
+"""The tiny `ci` suite end to end on synthetic data in tmp dirs: plan, tune on the first seed, every
+seed, skip on rerun, resume after a lost run, and the suite's tables. Never the reference suites."""
+
+import json
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from mbrec import results as store  # noqa: E402
+from mbrec.benchmark.suite import suite_main  # noqa: E402
+from mbrec.reporting.suite_tables import print_suite_report  # noqa: E402
+from mbrec.suites import RECORD_KEY, load_suite  # noqa: E402
+from mbrec.utils import REPO_DIR  # noqa: E402
+
+LOCAL_CPUS = 2
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for the module; the suite's sweeps join it instead of starting their own."""
+    ray.init(num_cpus=LOCAL_CPUS, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": str(REPO_DIR)}})
+    yield
+    ray.shutdown()
+
+
+def suite(tmp_path, *extra):
+    return suite_main(["ci", "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
+                       "--device", "cpu", *extra], report=print_suite_report)
+
+
+def stored(tmp_path):
+    """``{(entry, seed): (path, record)}`` of the suite's records."""
+    found = {}
+    for path in store.record_files(tmp_path / "results" / "runs"):
+        record = store.load_record(path)
+        for mark in record[RECORD_KEY]:
+            found[(mark["entry"], record["seed"])] = (path, record)
+    return found
+
+
+def test_ci_suite_tunes_runs_every_seed_skips_and_resumes(tmp_path, ray_session, capsys):
+    ci = load_suite("ci")
+    assert suite(tmp_path, "--dry-run") == 0
+    plan = capsys.readouterr().out
+    assert "sweep SASRec" in plan and "waits for its sweep" in plan and "0/7 done" in plan
+
+    assert suite(tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "#### behavior_specific" in out and "SASRec[layers=2]" in out  # ends with the suite's tables
+
+    # tuned once, on the first seed, with the suite's number of trials, selection on valid
+    summaries = list((tmp_path / "results" / "sweeps").glob("*/SASRec/*/summary.json"))
+    assert len(summaries) == 1
+    summary = json.loads(summaries[0].read_text())
+    assert len(summary["trials"]) == ci.tuning["trials"] and summary["seed"] == ci.tuning_seed
+    assert summary["options"]["scheduler"] == "asha" and summary["final"] is None  # no test in the sweep
+    selected = summary["best"]["params"]
+
+    runs = stored(tmp_path)
+    assert set(runs) == {(entry.name, seed) for entry in ci.entries for seed in ci.seeds}
+    for (entry, seed), (path, record) in runs.items():
+        assert path.name.endswith(".json.gz")  # suites store compressed records
+        assert record["training"]["stopped_by"] in ("patience", "epoch_cap", "not_trained")
+        if entry.startswith("SASRec"):  # the selected configuration on every seed, ablation included
+            assert {name: record["config"][name] for name in selected} == selected
+            assert record["config"]["epochs"] == ci.training["epochs"]
+    assert runs[("SASRec[layers=2]", 1)][1]["config"]["n_layers"] == 2
+    assert runs[("SASRec", 1)][1]["config"]["n_layers"] == 1
+
+    # rerun: nothing is trained or tuned again
+    created = {key: record["created"] for key, (_, record) in runs.items()}
+    assert suite(tmp_path, "--dry-run") == 0
+    assert "7/7 done" in capsys.readouterr().out
+    assert suite(tmp_path) == 0
+    assert {key: record["created"] for key, (_, record) in stored(tmp_path).items()} == created
+
+    # a lost run (killed before it stored its record) is the only one trained on resume
+    lost_path, _ = runs[("SASRec", 2)]
+    lost_path.unlink()
+    assert suite(tmp_path) == 0
+    again = stored(tmp_path)
+    assert set(again) == set(runs)
+    assert [key for key, (_, record) in again.items() if record["created"] != created[key]] == [("SASRec", 2)]
+
+
+def test_unknown_suite_is_one_line_error(tmp_path, caplog):
+    assert suite_main(["no_such_suite", "--results-dir", str(tmp_path)]) == 1
+    assert "Unknown suite" in caplog.text
