@@ -13,14 +13,11 @@ from recbole.config import Config
 from recbole.data.transform import construct_transform
 
 from mbrec import registry
+from mbrec.config_check import ConfigError, check_user_keys, check_values
 from mbrec.data.dataset import TRAIN_UNIT_KINDS, TRAIN_UNITS
 from mbrec.data.declarations import declaration_file
 from mbrec.data.prepare import update_prepare_options
 from mbrec.utils import PROPERTIES_DIR
-
-
-class ConfigError(ValueError):
-    """A config file or override is malformed."""
 
 
 class _FloatLoader(yaml.SafeLoader):
@@ -149,15 +146,26 @@ def dataset_config_file(dataset):
     return dataset_config_files(dataset)[-1]
 
 
-def merge_layers(model, dataset, config_files=(), overrides=None):
-    """Merge the YAML layers and overrides into one plain dict (the run's own settings)."""
-    layers = [PROPERTIES_DIR / "overall.yaml", *registry.model_config_files(model), *dataset_config_files(dataset)]
+def merge_layers(model, dataset, config_files=(), overrides=None, command_models=()):
+    """Merge the YAML layers and overrides into one plain dict (the run's own settings).
+
+    Checked before any data work (``mbrec.config_check``): a key of a ``--config`` file or an
+    override that no layer knows, a value of the wrong type or out of range raise ConfigError.
+    ``command_models``: the other models of the same command (a key one of them knows is accepted).
+    """
+    dataset_files = dataset_config_files(dataset)
+    layers = [PROPERTIES_DIR / "overall.yaml", *registry.model_config_files(model), *dataset_files]
     merged = {}
-    for path in [p for p in layers if p is not None] + [*config_files]:
+    for path in [p for p in layers if p is not None]:
         merge_layer(merged, load_yaml(path))
-    merge_layer(merged, overrides or {})
+    user_layers = [(f"in {path}", load_yaml(path)) for path in config_files]
+    user_layers.append(("command line", overrides or {}))
+    check_user_keys(model, dataset_files, user_layers, command_models)
+    for _, layer in user_layers:
+        merge_layer(merged, layer)
     merged.pop(ALIAS_KEY, None)
     merged.pop(EXTENDS_KEY, None)  # names the layering, not a setting: a variant's runs key like its overrides
+    check_values(merged)
     return merged
 
 

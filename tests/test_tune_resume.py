@@ -21,6 +21,8 @@ from mbrec.utils import REPO_DIR  # noqa: E402
 
 TINY = {"prepare": {"size": {"n_users": 60, "n_items": 50, "n_categories": 5}}, "eval_batch_size": 64,
         "show_progress": False, "n_layers": 1, "inner_size": 32}
+# Pop has no layers: a sweep of Pop given n_layers is refused as an unknown key (mbrec.config_check).
+TINY_POP = {key: value for key, value in TINY.items() if key not in ("n_layers", "inner_size")}
 # The driver is killed at most this long after the first trial wrote its outcome (generous: a busy CPU).
 KILL_WAIT_SECONDS = 600
 GRID = "space:\n  learning_rate: {loguniform: [1.0e-4, 1.0e-2]}\n  hidden_size: [8, 16]\ntune:\n  num_samples: 2\n"
@@ -77,9 +79,10 @@ def test_a_killed_driver_resumes_without_rerunning_or_redrawing_trials(tmp_path,
 
 def test_retry_failed_keeps_the_trial_id_and_its_attempts(tmp_path):
     (tmp_path / "grid.yaml").write_text("space:\n  pop_behavior: [view, nosuch]\n")
-    first = tune.sweep("Pop", "synthetic", **sweep_kwargs(tmp_path, retrain=False))
+    first = tune.sweep("Pop", "synthetic", **{**sweep_kwargs(tmp_path, retrain=False), "overrides": TINY_POP})
     failed_id = next(t["trial_id"] for t in first["trials"] if t["status"] == tune.FAILED)
-    second = tune.sweep("Pop", "synthetic", resume=True, retry_failed=True, **sweep_kwargs(tmp_path, retrain=False))
+    second = tune.sweep("Pop", "synthetic", resume=True, retry_failed=True,
+                        **{**sweep_kwargs(tmp_path, retrain=False), "overrides": TINY_POP})
     failed = next(t for t in second["trials"] if t["params"]["pop_behavior"] == "nosuch")
     assert failed["trial_id"] == failed_id and len(second["trials"]) == 2
     assert failed["attempts"] == 2 and [a["status"] for a in failed["history"]] == [tune.FAILED, tune.FAILED]
@@ -91,12 +94,12 @@ def test_retry_failed_keeps_the_trial_id_and_its_attempts(tmp_path):
 def test_asha_that_cannot_stop_anything_says_so(tmp_path, caplog):
     (tmp_path / "grid.yaml").write_text("space:\n  pop_behavior: [view, buy]\n")
     with caplog.at_level(logging.WARNING, logger="mbrec"):
-        spec, _ = tune.plan_sweep("Pop", "synthetic", tmp_path / "grid.yaml", overrides=TINY, epochs=2,
+        spec, _ = tune.plan_sweep("Pop", "synthetic", tmp_path / "grid.yaml", overrides=TINY_POP, epochs=2,
                                   cli_options={"grace_period": 2}, cache_dir=tmp_path / "cache",
                                   results_dir=tmp_path / "results")
     assert "ASHA cannot stop any trial: grace_period 2 >= the 2 validation(s)" in caplog.text
     caplog.clear()
-    tune.plan_sweep("Pop", "synthetic", tmp_path / "grid.yaml", overrides=TINY, epochs=3,
+    tune.plan_sweep("Pop", "synthetic", tmp_path / "grid.yaml", overrides=TINY_POP, epochs=3,
                     cli_options={"grace_period": 2}, cache_dir=tmp_path / "cache", results_dir=tmp_path / "results")
     assert "ASHA cannot stop" not in caplog.text
 

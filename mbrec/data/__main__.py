@@ -10,6 +10,7 @@
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -21,6 +22,7 @@ from mbrec.data.prepare import (
 )
 from mbrec.data.declarations import DATASET_FILE_HELP, use_dataset_files
 from mbrec.data.readers import FORMATS
+from mbrec.utils import CACHE_DIR_ENV, DATA_DIR_ENV, data_dir
 from mbrec.utils import cache_dir as cache_root
 
 
@@ -87,7 +89,22 @@ def _status(name, data_path, cache_path):
     return f"{name}{alias}", options["format"], raw, prepared
 
 
+def _where(label, path, source):
+    """One line: which folder was looked in, where that choice came from, and whether it exists."""
+    if path is None:
+        return f"{label}: not set ({source}); datasets that need raw files show raw missing"
+    return f"{label}: {path} ({source}; {'exists' if path.is_dir() else 'does not exist'})"
+
+
 def cmd_list(args):
+    raw_root = data_dir(args.data_path)
+    raw_source = ("--data-path" if args.data_path else
+                  f"${DATA_DIR_ENV}" if raw_root else f"neither --data-path nor ${DATA_DIR_ENV}")
+    prepared_root = cache_root(args.cache_dir)
+    prepared_source = ("--cache-dir" if args.cache_dir else
+                       f"${CACHE_DIR_ENV}" if os.environ.get(CACHE_DIR_ENV) else f"default; ${CACHE_DIR_ENV} unset")
+    print(_where("raw data", raw_root, raw_source))
+    print(_where("prepared data", prepared_root, prepared_source))
     rows = [("name", "format", "raw", "prepared")]
     rows += [_status(name, args.data_path, args.cache_dir) for name in registered_names()]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
