@@ -7,8 +7,9 @@ pairs) are :class:`baselines.sasrec_b.PairTokens`. Encoder: RecBole's ``BERT4Rec
 CIKM 2019) with one ``[mask]`` token (id ``n_pairs``) and a pair bias. Training is the Cloze task of
 :mod:`mbrec.layers.cloze`: the slot after the history holds the target pair and is always masked,
 history pairs are masked with probability ``mask_ratio``; at evaluation the slot is ``[mask]``.
-With ``train_unit: sequence`` (default) a batch holds users' training windows, masked as
-BERT4Rec_MB's (each pair with ``mask_ratio``, at least one, ``ft_ratio`` last-pair-only windows).
+With ``train_unit: sequence`` (default) a batch holds users' training windows of up to ``L + 1`` rows
+(the slot's position L is trained, as BERT4Rec_MB's), masked as BERT4Rec_MB's (each pair with
+``mask_ratio``, at least one, ``ft_ratio`` last-pair-only windows).
 """
 
 import torch
@@ -29,6 +30,7 @@ class BERT4Rec_B(PairTokens, PredictFromFullSort, BERT4Rec):
     behavior_conditioned = True
     train_units = ("prefix", "sequence")
     train_unit_kind = "cloze"
+    cloze_window_rows = "window+slot"  # sequence mode trains position L, where a full window's slot is queried
 
     def __init__(self, config, dataset):
         check_cloze_config(type(self).__name__, config)

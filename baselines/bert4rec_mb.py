@@ -15,7 +15,9 @@ with probability ``behavior_dropout_prob`` (condition dropout), so the model als
 nothing (the ``next_item`` task). This replaces RecBole's ``mask_itemseq`` batch transform (which
 masks only inside the input window and never predicts the example's target), hence
 ``transform: ~`` in the YAML. With ``train_unit: sequence`` (default) a batch holds users' training
-windows and the masks follow BERT4Rec's paper (:func:`mbrec.layers.cloze.sequence_cloze_mask`):
+windows of up to ``L + 1`` rows (``cloze_window_rows``: the evaluation slot after a full window of
+L rows sits at position L, which the absolute position table must have learned) and the masks
+follow BERT4Rec's paper (:func:`mbrec.layers.cloze.sequence_cloze_mask`):
 each item with ``mask_ratio``, at least one per window, and with probability ``ft_ratio`` only the
 last item; a masked position carries its own behavior (hidden with ``behavior_dropout_prob``).
 """
@@ -48,6 +50,7 @@ class BERT4Rec_MB(PredictFromFullSort, BERT4Rec):
     behavior_conditioned = True
     train_units = ("prefix", "sequence")
     train_unit_kind = "cloze"
+    cloze_window_rows = "window+slot"  # sequence mode trains position L, where a full window's slot is queried
 
     def __init__(self, config, dataset):
         check_cloze_config(type(self).__name__, config)
@@ -90,7 +93,8 @@ class BERT4Rec_MB(PredictFromFullSort, BERT4Rec):
         return F.cross_entropy(self.item_logits(hidden[masked]), labels)
 
     def sequence_loss(self, interaction):
-        """Sequence mode: Cloze over the training window (no slot appended; BERT4Rec's last-item samples)."""
+        """Sequence mode: Cloze over the training window of up to L + 1 rows (no slot appended; BERT4Rec's
+        last-item samples: on a full window, exactly the evaluation query's position L)."""
         items, lengths = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]  # [B, L], [B]
         masked = sequence_cloze_mask(lengths, items.size(1), self.mask_ratio, self.last_item_prob)
         behaviors = hide_behaviors(interaction[self.BEHAVIOR_SEQ], masked, self.behaviors.dropout_prob)

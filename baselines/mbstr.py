@@ -19,8 +19,10 @@ Yuan, Guo, Yu, Zhang, Wang, Zhuang, "Multi-Behavior Sequential Transformer Recom
   masked position keeps its behavior (the model learns "which item with behavior b goes here"),
   hidden (id 0) with probability ``behavior_dropout_prob`` so the model also ranks items told
   nothing (``train_unit: prefix``). With ``train_unit: sequence`` (default) a batch holds users'
-  training windows, each real position masked with ``mask_ratio`` (at least one per window) and
-  no slot, as PBAT's public code (a later model of the same line, compared with MB-STR) draws one
+  training windows of up to ``L + 1`` rows (``cloze_window_rows``: the evaluation slot after a full
+  window sits at position L and at distance L from the first item; windows of L rows would never
+  train that position embedding nor that relative bias), each real position masked with
+  ``mask_ratio`` (at least one per window) and no slot, as PBAT's public code (a later model of the same line, compared with MB-STR) draws one
   masked window per user and epoch; MB-STR's own code was not checked for this. At evaluation
   the slot is ``[mask]`` with the asked behavior, which routes the slot's projections, its FFN,
   its relative biases and the head: ``full_sort_predict`` returns scores for the asked behavior.
@@ -52,6 +54,7 @@ class MBSTR(PredictFromFullSort, SequentialRecommender):
     behavior_conditioned = True
     train_units = ("prefix", "sequence")
     train_unit_kind = "cloze"
+    cloze_window_rows = "window+slot"  # sequence mode trains position L, where a full window's slot is queried
 
     def __init__(self, config, dataset):
         check_cloze_config(type(self).__name__, config)

@@ -47,7 +47,8 @@ def build(model_name, dataset, overrides, unit, stage):
         model.set_stage(stage)
     optimizer = build_optimizer(config, [p for p in model.parameters() if p.requires_grad])
     if unit == "sequence":
-        loader = WindowLoader(config, train, config["train_batch_size"], kind=model.train_unit_kind)
+        loader = WindowLoader(config, train, config["train_batch_size"], kind=model.train_unit_kind,
+                              cloze_window_rows=getattr(model, "cloze_window_rows", "window"))
     else:
         loader = SequenceLoader(config, train, config["train_batch_size"], shuffle=True, training=True)
     return model, optimizer, loader

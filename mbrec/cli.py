@@ -10,8 +10,11 @@ import logging
 import sys
 
 from mbrec import registry
-from mbrec.benchmark.runner import LOG_FORMAT, USER_ERRORS, run
+from mbrec import results as store
+from mbrec.benchmark.runner import LOG_FORMAT, USER_ERRORS, run, seed_label
 from mbrec.config import parse_overrides
+from mbrec.data.declarations import DATASET_FILE_HELP, use_dataset_files
+from mbrec.data.errors import DataPreparationError
 
 logger = logging.getLogger("mbrec")
 
@@ -39,18 +42,24 @@ def format_summary(records, tasks=("behavior_specific", "target_behavior", "beha
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="run_benchmark.py",
-        description="Train and evaluate multi-behavior sequential recommenders under one protocol. "
-                    "`run_benchmark.py table --help` rebuilds comparison tables from stored results; "
-                    "`run_benchmark.py compare --help` compares two stored runs user by user.",
+        prog="run_benchmark.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train and evaluate multi-behavior sequential recommenders under one protocol.\n\n"
+                    "subcommands (run_benchmark.py SUBCOMMAND --help for each one's options):\n"
+                    "  (none)   train and test runs: every --models x --datasets x --seeds, here or as a Ray\n"
+                    "           grid (--workers N locally, --ray-address on a cluster; options below)\n"
+                    "  table    rebuild comparison tables (Markdown, LaTeX, CSV, efficiency PNG) from stored runs\n"
+                    "  compare  compare two stored runs user by user (paired test), no training\n"
+                    "  tune     Ray Tune hyperparameter sweep of one model on one dataset",
         epilog="Extra arguments key=value (or --key=value) override any config entry, e.g. "
                "epochs=20 learning_rate=1e-3 prepare.size=medium.")
     parser.add_argument("--model", "--models", dest="models", nargs="+", default=["SASRec"],
                         help="model name(s): mbrec's and RecBole's sequential models")
     parser.add_argument("--dataset", "--datasets", dest="datasets", nargs="+", default=["synthetic"],
-                        help="registered dataset name(s) (properties/dataset/*.yaml)")
+                        help="dataset name(s): built-in (properties/dataset/*.yaml) or declared with --dataset-file")
     parser.add_argument("--seed", "--seeds", dest="seeds", nargs="+", type=int, default=[None],
                         help="random seed(s); default: the config's seed")
+    parser.add_argument("--dataset-file", dest="dataset_files", action="append", default=[], metavar="NAME.yaml",
+                        help=DATASET_FILE_HELP)
     parser.add_argument("--config", dest="config_files", nargs="+", default=[], help="extra YAML config file(s)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--data-path", help="root of the raw data (default: $MBREC_DATA_DIR)")
@@ -73,6 +82,15 @@ def build_parser():
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(argv)
+    except KeyboardInterrupt:  # outside a run (a run's own Ctrl+C is reported where it happens)
+        print("interrupted (Ctrl+C); records and tables are written atomically: nothing partial was kept",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _dispatch(argv):
     if argv and argv[0] == "suite":  # a suite's missing sweeps and runs, then its tables
         from mbrec.benchmark.suite import suite_main
         from mbrec.reporting.suite_tables import print_suite_report
@@ -100,6 +118,11 @@ def main(argv=None):
     args, unknown = parser.parse_known_args([arg for arg in argv if arg not in extra])
     extra += unknown
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        use_dataset_files(args.dataset_files)
+    except DataPreparationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.list:
         print("models:  ", ", ".join(registry.model_names()))
         print("datasets:", ", ".join(registry.dataset_names()))
@@ -108,33 +131,58 @@ def main(argv=None):
     if unknown_flags:
         parser.error(f"unrecognized arguments: {' '.join(unknown_flags)}")
     overrides = parse_overrides(extra)
+    try:
+        store.check_writable(args.results_dir or store.default_results_dir())
+    except store.ResultsError as error:  # before any data work, not after preparing the data
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.no_progress:
         overrides["show_progress"] = False
     if args.ray_address or args.workers:
         from mbrec.benchmark.grid import run_grid
         from mbrec.benchmark.tune import TuneNotInstalledError
+        from mbrec.config import ConfigError
 
         try:
             records, failures = run_grid(args, overrides)
-        except TuneNotInstalledError as error:  # Ray is an optional extra
+        except (TuneNotInstalledError, ConfigError) as error:  # Ray is an optional extra; a cluster refused us
             print(f"error: the grid runs on Ray: {error}", file=sys.stderr)
             return 2
         return _report(records, failures, args)
     records, failures = [], []
+    several_runs = len(args.datasets) * len(args.models) * len(args.seeds) > 1
     for dataset in args.datasets:
         for model in args.models:
             for seed in args.seeds:
                 try:
                     records.append(run(model, dataset, args.config_files, overrides, seed, args.device,
-                                       args.data_path, args.cache_dir, args.results_dir, args.rerun))
+                                       args.data_path, args.cache_dir, args.results_dir, args.rerun,
+                                       command_models=args.models))
+                except KeyboardInterrupt as interrupt:
+                    return _interrupted(f"{model} on {dataset} ({seed_label(seed)})", records, interrupt)
                 except USER_ERRORS as error:  # bad input: a clear message, no traceback
-                    logger.error(f"{model} on {dataset} (seed {seed}): {error}")
+                    if several_runs:  # a single run's error is its FAILED line alone
+                        logger.error(f"{model} on {dataset} ({seed_label(seed)}): {error}")
                     failures.append((model, dataset, seed, error))
                 except Exception as error:  # one failed run must not stop the others
                     if getattr(error, "run_log", None) is None:
-                        logger.exception(f"{model} on {dataset} (seed {seed}) failed")
+                        logger.exception(f"{model} on {dataset} ({seed_label(seed)}) failed")
                     failures.append((model, dataset, seed, error))
     return _report(records, failures, args)
+
+
+# Exit status of a command stopped by Ctrl+C (SIGINT), as shells report it: 128 + 2.
+EXIT_INTERRUPTED = 130
+
+
+def _interrupted(what, records, interrupt):
+    """One line for Ctrl+C during a run: what stopped, what stays on disk; no traceback."""
+    log = getattr(interrupt, "run_log", None)
+    kept = [f"its log {log}"] if log else []
+    kept.append(f"{len(records)} finished run record(s) of this command")
+    print(f"interrupted (Ctrl+C): {what} did not finish: no record, no checkpoint (running the same command "
+          f"again trains it from the start); kept: {', '.join(kept)}", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _report(records, failures, args):
@@ -146,7 +194,7 @@ def _report(records, failures, args):
     for model, dataset, seed, error in failures:
         first_line = str(error).splitlines()[0] if str(error) else ""
         log = getattr(error, "run_log", None)
-        print(f"FAILED {model} {dataset} seed={seed}: {type(error).__name__}: {first_line}"
+        print(f"FAILED {model} {dataset} {seed_label(seed)}: {type(error).__name__}: {first_line}"
               + (f"  (log: {log})" if log else ""), file=sys.stderr)
     return 1 if failures else 0
 
@@ -155,7 +203,7 @@ def write_comparison_tables(records, args):
     """The comparison table of this command's runs; a failed (model, dataset) is a marked hole."""
     from mbrec.protocol import ProtocolMismatch
     from mbrec.reporting.protocols import split_by_protocol
-    from mbrec.reporting.tables import build_table, default_tables_dir, to_markdown, write_tables
+    from mbrec.reporting.tables import build_table, default_tables_dir, to_markdown, write_efficiency, write_tables
 
     try:
         table = build_table(records, models=args.models)
@@ -165,3 +213,6 @@ def write_comparison_tables(records, args):
     print(to_markdown(table))
     for name, path in write_tables(table, default_tables_dir(args.results_dir)).items():
         print(f"wrote {name}: {path}")
+    # The efficiency table and chart of this command's runs too (the README promises them here).
+    for name, path in write_efficiency(records, default_tables_dir(args.results_dir)).items():
+        print(f"wrote efficiency {name}: {path}")

@@ -13,12 +13,11 @@ from recbole.config import Config
 from recbole.data.transform import construct_transform
 
 from mbrec import registry
+from mbrec.config_check import ConfigError, check_user_keys, check_values
 from mbrec.data.dataset import TRAIN_UNIT_KINDS, TRAIN_UNITS
+from mbrec.data.declarations import declaration_file
+from mbrec.data.prepare import update_prepare_options
 from mbrec.utils import PROPERTIES_DIR
-
-
-class ConfigError(ValueError):
-    """A config file or override is malformed."""
 
 
 class _FloatLoader(yaml.SafeLoader):
@@ -80,6 +79,20 @@ def deep_update(base, update):
     return base
 
 
+def merge_layer(merged, layer):
+    """:func:`deep_update`, except the ``prepare:`` block, which merges as prepare options do
+    (``mbrec.data.prepare.update_prepare_options``: a ``files`` map is replaced, and a new
+    ``format`` drops the file names of the old one)."""
+    layer = dict(layer)
+    prepare_block = layer.pop("prepare", None)
+    deep_update(merged, layer)
+    if isinstance(prepare_block, dict) and isinstance(merged.get("prepare"), dict):
+        merged["prepare"] = update_prepare_options(merged["prepare"], prepare_block)
+    elif prepare_block is not None:
+        merged["prepare"] = prepare_block
+    return merged
+
+
 # A dataset variant's YAML names the dataset it refines with this key (retailrocket_f10 extends
 # retailrocket): its protocol settings are stated once, layered over the base dataset's YAML.
 EXTENDS_KEY = "extends"
@@ -87,9 +100,11 @@ ALIAS_KEY = "alias_of"
 
 
 def _dataset_yaml(dataset):
-    path = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"Unknown dataset '{dataset}'. Valid datasets: {', '.join(registry.dataset_names())}")
+    """The YAML declaring ``dataset``: built-in, or the user's own (``--dataset-file``)."""
+    path = declaration_file(dataset)
+    if path is None:
+        raise ConfigError(f"Unknown dataset '{dataset}'. Valid datasets: {', '.join(registry.dataset_names())}. "
+                          f"Your own dataset: declare it in NAME.yaml and pass --dataset-file NAME.yaml")
     return path
 
 
@@ -131,15 +146,26 @@ def dataset_config_file(dataset):
     return dataset_config_files(dataset)[-1]
 
 
-def merge_layers(model, dataset, config_files=(), overrides=None):
-    """Merge the YAML layers and overrides into one plain dict (the run's own settings)."""
-    layers = [PROPERTIES_DIR / "overall.yaml", *registry.model_config_files(model), *dataset_config_files(dataset)]
+def merge_layers(model, dataset, config_files=(), overrides=None, command_models=()):
+    """Merge the YAML layers and overrides into one plain dict (the run's own settings).
+
+    Checked before any data work (``mbrec.config_check``): a key of a ``--config`` file or an
+    override that no layer knows, a value of the wrong type or out of range raise ConfigError.
+    ``command_models``: the other models of the same command (a key one of them knows is accepted).
+    """
+    dataset_files = dataset_config_files(dataset)
+    layers = [PROPERTIES_DIR / "overall.yaml", *registry.model_config_files(model), *dataset_files]
     merged = {}
-    for path in [p for p in layers if p is not None] + [*config_files]:
-        deep_update(merged, load_yaml(path))
-    deep_update(merged, overrides or {})
+    for path in [p for p in layers if p is not None]:
+        merge_layer(merged, load_yaml(path))
+    user_layers = [(f"in {path}", load_yaml(path)) for path in config_files]
+    user_layers.append(("command line", overrides or {}))
+    check_user_keys(model, dataset_files, user_layers, command_models)
+    for _, layer in user_layers:
+        merge_layer(merged, layer)
     merged.pop(ALIAS_KEY, None)
     merged.pop(EXTENDS_KEY, None)  # names the layering, not a setting: a variant's runs key like its overrides
+    check_values(merged)
     return merged
 
 

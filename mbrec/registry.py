@@ -4,10 +4,12 @@ A later model issue adds its class to ``MBREC_MODELS`` (name -> "module:Class");
 imported lazily so that a broken optional model never stops the others from running.
 """
 
+import difflib
 import importlib
 
 from recbole.model.abstract_recommender import SequentialRecommender
 
+from mbrec.data import declarations
 from mbrec.utils import PROPERTIES_DIR
 
 MBREC_MODELS = {
@@ -36,6 +38,10 @@ MBREC_MODELS = {
 }
 
 
+# At most this many did-you-mean suggestions for an unknown name.
+SUGGESTIONS = 3
+
+
 class UnknownModelError(ValueError):
     """A model name that neither mbrec nor RecBole knows."""
 
@@ -62,7 +68,12 @@ def get_model_class(name):
     recbole_models = recbole_sequential_models()
     if name in recbole_models:
         return recbole_models[name]
-    raise UnknownModelError(f"Unknown model '{name}'. Valid models: {', '.join(model_names())}")
+    names = model_names()
+    # Case first (sasrec -> SASRec), then spelling (SASRek -> SASRec).
+    close = [known for known in names if known.lower() == str(name).lower()] or difflib.get_close_matches(
+        str(name), names, n=SUGGESTIONS)
+    hint = f" Did you mean {' or '.join(repr(known) for known in close)}?" if close else ""
+    raise UnknownModelError(f"Unknown model '{name}'.{hint} Valid models: {', '.join(names)}")
 
 
 def model_config_files(name):
@@ -82,4 +93,5 @@ def model_config_files(name):
 
 
 def dataset_names():
-    return sorted(path.stem for path in (PROPERTIES_DIR / "dataset").glob("*.yaml"))
+    """Built-in datasets and those declared with ``--dataset-file``."""
+    return declarations.dataset_names()

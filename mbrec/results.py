@@ -8,8 +8,8 @@ so re-running the same (model, dataset, config, seed) finds the stored record.
 Concurrency (several processes or Ray workers sharing one ``results/``): a record is written
 to a temporary file, flushed to disk and renamed onto its name, so a reader sees either no
 record or a complete one, never a partial one, even if the writer is killed. A run is trained
-under :func:`run_lock` (an exclusive ``flock`` on ``<record>.lock``), so two workers given the
-same run never train it twice: the second waits, then finds the record. The OS drops the lock
+under :func:`run_lock` (an exclusive ``flock`` on ``<record>.lock``, removed on release), so two
+workers given the same run never train it twice: the second waits, then finds the record. The OS drops the lock
 when its holder dies, so a killed worker never blocks the retry. ``flock`` is honoured by
 local file systems and NFSv4; on other shared storage run each run key from one place only.
 """
@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from mbrec.utils import REPO_DIR, atomic_path, write_json_atomic
@@ -45,6 +46,33 @@ class ResultsError(ValueError):
 
 def default_results_dir():
     return REPO_DIR / "results"
+
+
+def check_writable(results_dir):
+    """Refuse a results folder this process cannot write, before any data work (one clear line).
+
+    Tried by writing and removing a file, which also catches read-only mounts that ``os.access``
+    reports as writable.
+    """
+    results_dir = Path(results_dir)
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=results_dir, prefix=".write-check-", delete=True)
+        probe.close()
+    except OSError as error:
+        raise ResultsError(f"cannot write results to {results_dir} ({error.strerror or error}); "
+                           f"pass --results-dir with a writable folder") from None
+
+
+def remove_empty_dirs(path, stop):
+    """Remove ``path`` and its parents while they are empty, up to (not including) ``stop``."""
+    path, stop = Path(path), Path(stop)
+    while path != stop and stop in path.parents:
+        try:
+            path.rmdir()
+        except OSError:  # not empty (or gone): stop there
+            return
+        path = path.parent
 
 
 def run_key(model, dataset, settings, seed, data_fingerprint):
@@ -73,26 +101,45 @@ def run_lock(record_file, wait=True):
     """Hold the exclusive lock of one run while the block runs; yield whether it was acquired.
 
     ``wait=False`` yields False at once when another process holds it (the caller skips).
+
+    The lock file is removed when its holder releases it, so no ``.lock`` stays beside finished
+    records. Removing it is safe for concurrent workers because a holder unlinks the file *while
+    still holding* the lock, and whoever acquires a lock checks that its open file is still the one
+    at the path (same inode); a waiter that got the lock of an unlinked file lets it go and takes
+    the lock again on the path's current file. (A separate lock folder would leave files behind just
+    the same; removing them this way needs no cleanup job.)
     """
     path = lock_path(record_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(path, "a+", encoding="utf-8")
-    try:
+    while True:
+        handle = open(path, "a+", encoding="utf-8")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.close()
             yield False
             return
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()}\n")  # who holds it, for a person looking at a busy run
-            handle.flush()
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        if _still_at(handle, path):
+            break
+        handle.close()  # its holder removed this file meanwhile: lock the path's current file
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")  # who holds it, for a person looking at a busy run
+        handle.flush()
+        yield True
     finally:
+        path.unlink(missing_ok=True)  # still holding the lock: see the docstring
+        fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def _still_at(handle, path):
+    """Whether the open file ``handle`` is (still) the file at ``path``."""
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def compressed_path(path):

@@ -1,5 +1,6 @@
 """The benchmark grid on a local Ray: a killed worker is retried, each run stored exactly once."""
 
+import logging
 import os
 import signal
 import threading
@@ -41,7 +42,8 @@ def grid(tmp_path, *extra):
                  "--no-progress", *TINY, *extra])
 
 
-def test_grid_survives_a_killed_worker_and_runs_each_run_once(tmp_path):
+def test_grid_survives_a_killed_worker_and_runs_each_run_once(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="mbrec")
     results_dir = tmp_path / "results"
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=kill_first_running_worker, args=(results_dir, stop, killed), daemon=True)
@@ -57,6 +59,11 @@ def test_grid_survives_a_killed_worker_and_runs_each_run_once(tmp_path):
     loaded = [store.load_record(path) for path in records]  # every record complete and valid
     assert {(r["model"], r["seed"]) for r in loaded} == {(m, int(s)) for m in MODELS for s in SEEDS}
     assert killed[0] in records  # the killed run was retried to the end
+    # the retry appended to the dead attempt's log, and the driver says a retry happened
+    log = store.load_record(killed[0])["log_file"]
+    attempts = [line for line in open(log, encoding="utf-8") if line.startswith("== grid run")]
+    assert [line.split(": ")[1].split(" (")[0] for line in attempts] == ["attempt 1", "attempt 2"]
+    assert "done after 2 attempts" in caplog.text
     created = {path: store.load_record(path)["created"] for path in records}
 
     assert grid(tmp_path) == 0  # again: everything is stored, nothing is retrained

@@ -142,16 +142,18 @@ def test_recbole_baselines_run_through_the_runner(tmp_path, model):
 
 
 def test_a_failed_run_is_a_marked_hole_with_its_log(tmp_path, capsys):
-    # DiffuRec refuses cross-attention: that run fails inside training setup, Pop still runs
+    # An optimizer nobody has: DiffuRec's run fails inside training setup (its trainer builds the
+    # optimizer); Pop does not train, builds none, and still runs. (A DiffuRec-only key such as
+    # cross_attention is now refused for Pop before any work, see tests/test_config_check.py.)
     code = main(["--models", "Pop", "DiffuRec", "--dataset", "synthetic", "--results-dir", str(tmp_path / "results"),
-                 "--cache-dir", str(tmp_path / "cache"), "--no-progress", "cross_attention=True",
+                 "--cache-dir", str(tmp_path / "cache"), "--no-progress", "learner=nosuch",
                  "prepare.size={n_users: 60, n_items: 50, n_categories: 5}"])
     assert code == 1
     captured = capsys.readouterr()
     failed = [line for line in captured.err.splitlines() if line.startswith("FAILED DiffuRec")]
     assert failed and "(log: " in failed[0]
     log = failed[0].split("(log: ")[1].rstrip(")")
-    assert "DiffuRec has neither cross-attention" in open(log, encoding="utf-8").read()
+    assert "Unknown learner 'nosuch'" in open(log, encoding="utf-8").read()
     table = (tmp_path / "results" / "tables" / "behavior_specific.md").read_text(encoding="utf-8")
     diffurec_row = next(line for line in table.splitlines() if line.startswith("| DiffuRec"))
     assert "—" in diffurec_row  # the hole is marked, Pop's numbers are there

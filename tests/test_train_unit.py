@@ -8,8 +8,8 @@ import torch
 from recbole.utils import init_seed
 
 from mbrec.config import ConfigError
-from mbrec.data.dataset import (TARGET_BEHAVIOR_LIST, TARGET_ITEM_LIST, MultiBehaviorSequentialDataset,
-                                SequenceLoader, WindowLoader)
+from mbrec.data.dataset import (TARGET_BEHAVIOR_LIST, TARGET_ITEM_LIST, DatasetError,
+                                MultiBehaviorSequentialDataset, SequenceLoader, WindowLoader)
 from mbrec.training.trainer import Trainer
 from tests.conftest import make_config, write_inter
 
@@ -91,22 +91,33 @@ def test_a_short_part_is_one_window_whose_positions_see_their_prefix_inputs(spli
 
 
 @pytest.mark.parametrize("random_window_prob", [0.0, 1.0])
-def test_cloze_windows_stay_inside_the_training_part(splits, random_window_prob):
-    _, dataset, (_, valid, test) = splits
+@pytest.mark.parametrize("cloze_window_rows, width", [("window", WINDOW), ("window+slot", WINDOW + 1)])
+def test_cloze_windows_stay_inside_the_training_part(splits, random_window_prob, cloze_window_rows, width):
+    config, dataset, (train, valid, test) = splits
     starts, sizes = dataset.training_parts()
     init_seed(5, True)
-    windows = dataset.cloze_windows(random_window_prob)
+    config["cloze_random_window_prob"] = random_window_prob
+    loader = WindowLoader(config, train, len(starts), kind="cloze", cloze_window_rows=cloze_window_rows)
+    windows = loader.epoch_batches()[0]
     assert len(windows) == len(starts)  # one window per user with a training part
+    windows = windows[np.argsort(windows[:, 0])]  # the loader shuffles; back in the parts' order
     assert (windows[:, 0] >= starts).all() and (windows[:, 0] + windows[:, 1] <= starts + sizes).all()
-    assert (windows[:, 1] == np.minimum(sizes, WINDOW)).all()
+    assert (windows[:, 1] == np.minimum(sizes, width)).all()
     if random_window_prob == 0.0:
         assert (windows[:, 0] + windows[:, 1] == starts + sizes).all()  # the part's last rows
     else:
         assert (windows[:, 0] + windows[:, 1] < starts + sizes).any()  # some drawn windows end earlier
     touched = set(window_rows(windows).tolist())
     assert touched.isdisjoint(valid.target_rows.tolist()) and touched.isdisjoint(test.target_rows.tolist())
-    batch = dataset.make_window_batch(windows, causal=False)
+    batch = loader.build_batch(windows)
     assert TARGET_ITEM_LIST not in batch and (batch["item_length"].numpy() == windows[:, 1]).all()
+    assert batch["item_id_list"].shape == (len(windows), width)
+
+
+def test_an_unknown_cloze_window_rule_is_a_clear_error(splits):
+    config, _, (train, _, _) = splits
+    with pytest.raises(DatasetError, match="cloze_window_rows"):
+        WindowLoader(config, train, 7, kind="cloze", cloze_window_rows="window+2")
 
 
 def test_unknown_or_unsupported_train_unit_is_a_clear_config_error(tmp_path):

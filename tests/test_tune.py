@@ -19,6 +19,8 @@ from mbrec.utils import REPO_DIR  # noqa: E402
 GRIDS = Path(__file__).parent / "grids"
 TINY = {"prepare": {"size": {"n_users": 60, "n_items": 50, "n_categories": 5}}, "eval_batch_size": 64,
         "show_progress": False, "n_layers": 1, "inner_size": 32}
+# Pop has no layers: a sweep of Pop given n_layers is refused as an unknown key (mbrec.config_check).
+TINY_POP = {key: value for key, value in TINY.items() if key not in ("n_layers", "inner_size")}
 LOCAL_CPUS = 2
 
 
@@ -86,14 +88,15 @@ def test_failed_trial_is_recorded_and_resume_skips_finished_trials(tmp_path, ray
     flag = tmp_path / "interrupt-once"
     flag.touch()
     options = {"max_concurrent": 1}
-    first = sweep(tmp_path, "Pop", grid, cli_options=options, callbacks=[InterruptAfterFirstTrial(flag)])
+    first = sweep(tmp_path, "Pop", grid, overrides=TINY_POP, cli_options=options,
+                  callbacks=[InterruptAfterFirstTrial(flag)])
     assert not flag.exists()
     assert first["interrupted"] and first["trial_counts"][tune.NOT_RUN] > 0
     assert first["final"] is None  # no best config retrained from a partial sweep
     done_before = {t["trial_id"] for t in first["trials"] if t["status"] in (tune.COMPLETED, tune.FAILED)}
     assert done_before
 
-    second = sweep(tmp_path, "Pop", grid, cli_options=options, resume=True)
+    second = sweep(tmp_path, "Pop", grid, overrides=TINY_POP, cli_options=options, resume=True)
     by_behavior = {trial["params"]["pop_behavior"]: trial for trial in second["trials"]}
     failed = by_behavior["nosuch"]
     assert failed["status"] == tune.FAILED and "pop_behavior 'nosuch'" in failed["error"]

@@ -20,16 +20,21 @@ at the same path: workers write the records there and the driver reads them back
 
 import logging
 import math
+import os
 import sys
+import time
 from dataclasses import dataclass, field
 
 from mbrec import registry
 from mbrec import results as store
 from mbrec.results import ResultsError
-from mbrec.benchmark.runner import LOG_FORMAT, USER_ERRORS, plan_run, run
+from mbrec.benchmark.runner import LOG_FORMAT, USER_ERRORS, plan_run, run, seed_label
+from mbrec.data.declarations import declared_dataset_files, use_dataset_files
 
 logger = logging.getLogger("mbrec")
 DONE, FAILED = "done", "failed"
+# First words of the line each attempt of a grid run writes into the run's log.
+ATTEMPT_MARK = "== grid run"
 
 
 class GridRunError(RuntimeError):
@@ -41,22 +46,45 @@ class GridRunError(RuntimeError):
 
 
 def run_in_worker(model, dataset, config_files, overrides, seed, device, data_path, cache_dir, results_dir,
-                  rerun):
+                  rerun, dataset_files=(), grid_id=None, command_models=()):
     """One run inside a Ray worker; returns a small outcome (the record itself is on shared storage).
 
     Exceptions become a ``failed`` outcome, so Ray only retries a run whose worker *died*.
+    ``dataset_files``: the user's dataset declarations (``--dataset-file``) the driver read.
+    Each attempt of the run in grid ``grid_id`` starts its log with an ``ATTEMPT_MARK`` line; a
+    retry appends to the log of the attempt that died, and the outcome counts the attempts.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    attempt, log = 1, None
     try:
+        use_dataset_files(dataset_files)
+        plan = plan_run(model, dataset, config_files, overrides, seed, data_path, cache_dir, results_dir,
+                        command_models)
+        log = store.log_path(plan.results_dir, model, plan.dataset_dir.name, plan.seed, plan.key)
+        attempt = _start_attempt(log, grid_id)
         record = run(model, dataset, config_files, overrides, seed, device, data_path, cache_dir, results_dir,
-                     rerun)
+                     rerun, log_mode="a", command_models=command_models)
     except Exception as error:  # noqa: BLE001 (reported to the driver with the run's log)
-        log = getattr(error, "run_log", None)
-        return {"status": FAILED, "error": f"{type(error).__name__}: {error}", "log": str(log) if log else None}
+        log = getattr(error, "run_log", None) or log
+        return {"status": FAILED, "error": f"{type(error).__name__}: {error}", "log": str(log) if log else None,
+                "attempts": attempt}
     path = store.record_path(results_dir or store.default_results_dir(), model, record["dataset"], record["seed"],
                              record["run_key"])
-    return {"status": DONE, "path": str(store.stored_record(path) or path)}
+    return {"status": DONE, "path": str(store.stored_record(path) or path), "attempts": attempt}
+
+
+def _start_attempt(log, grid_id):
+    """Mark one attempt of a run at the end of its log (a first attempt starts the log afresh);
+    return its number in grid ``grid_id``."""
+    mark = f"{ATTEMPT_MARK} {grid_id}"
+    earlier = 0
+    if log.is_file():
+        earlier = sum(line.startswith(mark) for line in log.read_text(encoding="utf-8", errors="replace").splitlines())
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a" if earlier else "w", encoding="utf-8") as handle:
+        handle.write(f"{mark}: attempt {earlier + 1} (pid {os.getpid()})\n")
+    return earlier + 1
 
 
 @dataclass(frozen=True)
@@ -81,17 +109,19 @@ def plan_grid(args, overrides, jobs=None):
     ``jobs`` (:class:`GridJob`) replace the command's cross product (the suite runner passes its own).
     """
     stored, pending, failures = [], [], []
-    for job in jobs if jobs is not None else grid_jobs(args, overrides):
+    jobs = jobs if jobs is not None else grid_jobs(args, overrides)
+    command_models = list(dict.fromkeys(job.model for job in jobs))  # a key one of them knows is not misspelt
+    for job in jobs:
         model, dataset, seed = job.model, job.dataset, job.seed
         try:
             registry.get_model_class(model)
             plan = plan_run(model, dataset, args.config_files, job.overrides, seed, args.data_path,
-                            args.cache_dir, args.results_dir)
+                            args.cache_dir, args.results_dir, command_models)
             if store.stored_record(plan.path) and not args.rerun:
                 stored.append(store.load_record(store.stored_record(plan.path)))
                 continue
         except USER_ERRORS as error:
-            logger.error(f"{model} on {dataset} (seed {seed}): {error}")
+            logger.error(f"{model} on {dataset} ({seed_label(seed)}): {error}")
             failures.append((model, dataset, seed, error))
             continue
         pending.append(job)
@@ -121,8 +151,13 @@ def run_grid(args, overrides, jobs=None):
         task = ray.remote(run_in_worker).options(num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run,
                                                  max_retries=args.max_retries, retry_exceptions=False)
         device = run_device(args)
+        command_models = list(dict.fromkeys([job.model for job in pending] + [record["model"] for record in records]
+                                            + [failure[0] for failure in failures]))
+        dataset_files = sorted(declared_dataset_files().values())
+        grid_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"  # tells this grid's attempts from older logs
         waiting = {task.remote(job.model, job.dataset, args.config_files, job.overrides, job.seed, device,
-                               args.data_path, args.cache_dir, args.results_dir, args.rerun):
+                               args.data_path, args.cache_dir, args.results_dir, args.rerun, dataset_files, grid_id,
+                               command_models):
                    (job.model, job.dataset, job.seed) for job in pending}
         finished = 0
         while waiting:
@@ -143,7 +178,9 @@ def run_grid(args, overrides, jobs=None):
                                         f"({error}); --results-dir must be storage every node shares"}
             if outcome["status"] == FAILED:
                 failures.append((model, dataset, seed, GridRunError(outcome["error"], outcome["log"])))
-            logger.info(f"grid [{finished}/{len(pending)}] {model} {dataset} seed={seed}: {outcome['status']}")
+            attempts = outcome.get("attempts", 1)
+            logger.info(f"grid [{finished}/{len(pending)}] {model} {dataset} {seed_label(seed)}: {outcome['status']}"
+                        + (f" after {attempts} attempts" if attempts > 1 else ""))
     finally:
         if started:
             ray.shutdown()

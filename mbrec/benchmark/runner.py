@@ -5,7 +5,7 @@ Each arrow is one call; no step reaches back into an earlier one. Used by ``run_
 
 import logging
 import platform
-import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from mbrec import registry
+from mbrec import registry, utils
 from mbrec.registry import UnknownModelError
 from mbrec import results as store
 from mbrec.results import ResultsError
@@ -26,6 +26,7 @@ from mbrec.data.dataset import DatasetError, MultiBehaviorSequentialDataset
 from mbrec.data.prepare import LOCATION_KEYS, DataPreparationError, dataset_spec, prepare, read_meta
 from mbrec.evaluation import Evaluator
 from mbrec.benchmark import integrity
+from mbrec.benchmark.memory import PeakRSS
 from mbrec.utils import REPO_DIR, atomic_path, file_sha256
 
 logger = logging.getLogger("mbrec")
@@ -34,6 +35,11 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 USER_ERRORS = (DataPreparationError, ConfigError, DatasetError, ResultsError, UnknownModelError)
 # Keys of the run settings that the data preparation step consumes.
 PREPARE_SETTING_KEYS = ("heldout", "behaviors", "target_behavior")
+
+
+def seed_label(seed):
+    """``seed=2025``, or ``default seed`` when the command gave none (the config's seed applies)."""
+    return "default seed" if seed is None else f"seed={seed}"
 
 
 def resolve_device(requested="auto"):
@@ -94,47 +100,72 @@ class _RunLog:
         logging.getLogger().addHandler(self.handler)
         return self
 
+    def note(self, message):
+        """A line in the run's log file only (the console gets the command's own summary line)."""
+        self.handler.emit(logger.makeRecord(logger.name, logging.INFO, __file__, 0, message, None, None))
+
     def __exit__(self, *exc):
         logging.getLogger().removeHandler(self.handler)
         self.handler.close()
 
 
 def plan_run(model, dataset, config_files=(), overrides=None, seed=None, data_path=None, cache_dir=None,
-             results_dir=None):
+             results_dir=None, command_models=()):
     """Settings, prepared data, run key and record path of one run, without training.
 
     Returns ``types.SimpleNamespace`` with ``settings``, ``seed``, ``canonical``, ``dataset_dir``,
-    ``key``, ``path``, ``results_dir``. Used by :func:`run` and by the Ray grid's driver (which
+    ``key``, ``path``, ``results_dir``, ``prepared_now`` (this call built the prepared copy). Used by :func:`run` and by the Ray grid's driver (which
     skips stored runs before scheduling them).
     """
-    settings = merge_layers(model, dataset, config_files, overrides)
+    settings = merge_layers(model, dataset, config_files, overrides, command_models)
     check_train_unit(registry.get_model_class(model), settings)  # before the data is prepared
     if seed is not None:
         settings["seed"] = int(seed)
     seed = int(settings["seed"])
+    cache_root = utils.cache_dir(cache_dir)
+    cached_before = set(cache_root.iterdir()) if cache_root.is_dir() else set()
     canonical, dataset_dir = prepare_data(dataset, settings, data_path, cache_dir)
     results_dir = results_dir or store.default_results_dir()
     key = store.run_key(model, dataset_dir.name, integrity.key_settings(settings), seed,
                         read_meta(dataset_dir).get("fingerprint"))
     path = store.record_path(results_dir, model, dataset_dir.name, seed, key)
     return SimpleNamespace(settings=settings, seed=seed, canonical=canonical, dataset_dir=dataset_dir, key=key,
-                           path=path, results_dir=results_dir)
+                           path=path, results_dir=results_dir, prepared_now=dataset_dir not in cached_before)
 
 
 def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto", data_path=None,
-        cache_dir=None, results_dir=None, rerun=False):
+        cache_dir=None, results_dir=None, rerun=False, log_mode="w", command_models=()):
     """Train and evaluate one (model, dataset, config, seed); return its results record.
 
-    A stored record with the same key is returned as is unless ``rerun``.
+    A stored record with the same key is returned as is unless ``rerun``. ``log_mode="a"``
+    appends to the run's log (a grid's retried run keeps the log of the attempt that died).
     """
     model_class = registry.get_model_class(model)  # fail fast on unknown names
-    plan = plan_run(model, dataset, config_files, overrides, seed, data_path, cache_dir, results_dir)
+    plan = plan_run(model, dataset, config_files, overrides, seed, data_path, cache_dir, results_dir, command_models)
     settings, seed, canonical, dataset_dir = plan.settings, plan.seed, plan.canonical, plan.dataset_dir
     key, path, results_dir = plan.key, plan.path, plan.results_dir
     if store.stored_record(path) and not rerun:
         logger.info(f"found stored run {store.stored_record(path)}; skipping (use --rerun to train again)")
         return store.load_record(store.stored_record(path))
 
+    try:
+        return _run_locked(model, model_class, plan, device, rerun, log_mode)
+    except DatasetError:
+        # The data cannot serve this run (e.g. every interaction filtered out): the error's one line
+        # says it all, so nothing of the run stays behind, nor the prepared copy built just for it.
+        log_file = store.log_path(results_dir, model, dataset_dir.name, seed, key)
+        log_file.unlink(missing_ok=True)
+        store.remove_empty_dirs(log_file.parent, results_dir)
+        store.remove_empty_dirs(path.parent, results_dir)
+        if plan.prepared_now:
+            shutil.rmtree(dataset_dir, ignore_errors=True)
+        raise
+
+
+def _run_locked(model, model_class, plan, device, rerun, log_mode):
+    """Train and record one planned run under its lock (see :func:`run`)."""
+    settings, seed, canonical, dataset_dir = plan.settings, plan.seed, plan.canonical, plan.dataset_dir
+    key, path, results_dir = plan.key, plan.path, plan.results_dir
     # One process trains a run at a time (parallel grids, Ray workers): a second one waits here,
     # then finds the record the first wrote.
     with store.run_lock(path):
@@ -142,10 +173,19 @@ def run(model, dataset, config_files=(), overrides=None, seed=None, device="auto
             logger.info(f"another process stored run {path} meanwhile; skipping")
             return store.load_record(store.stored_record(path))
         log_file = store.log_path(results_dir, model, dataset_dir.name, seed, key)
-        with _RunLog(log_file):
+        with _RunLog(log_file, log_mode) as run_log:
             try:
                 return _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key,
                                          path, log_file)
+            except KeyboardInterrupt as interrupt:
+                # No resume from a checkpoint exists: a rerun trains from scratch, so the selected
+                # weights of an unfinished run would only be an orphan file. The log is kept.
+                path.with_suffix(".pth").unlink(missing_ok=True)
+                run_log.note(f"run {key} interrupted (Ctrl+C): checkpoint deleted, no record written")
+                interrupt.run_log = log_file
+                raise
+            except DatasetError:
+                raise  # a user error, one line (see run); no traceback into the log or on the console
             except Exception as error:
                 logger.error(f"run {key} failed: {type(error).__name__}: {error}", exc_info=True)  # into the log
                 error.run_log = log_file  # the summary of a multi-run command points at it
@@ -202,6 +242,14 @@ def setup_run(model_class, dataset_dir, settings, seed, device, with_test=True):
 
 
 def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key, path, log_file):
+    # This run's own CPU peak (data, model, training, evaluation); see mbrec.benchmark.memory.
+    with PeakRSS() as peak_rss:
+        return _train_and_record_measured(model, model_class, canonical, dataset_dir, settings, seed, device,
+                                          key, path, log_file, peak_rss)
+
+
+def _train_and_record_measured(model, model_class, canonical, dataset_dir, settings, seed, device, key, path,
+                               log_file, peak_rss):
     logger.info(f"run {key}: model={model} dataset={dataset_dir.name} seed={seed}")
     built = setup_run(model_class, dataset_dir, settings, seed, device)
     config, dataset, network, device = built.config, built.dataset, built.network, built.device
@@ -268,7 +316,7 @@ def _train_and_record(model, model_class, canonical, dataset_dir, settings, seed
                                 / sum(train_epochs)) if train_epochs and sum(train_epochs) > 0 else None,
             "eval_seconds": eval_seconds,
             "data_seconds": data_seconds,
-            "peak_cpu_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_cpu_rss_mb": peak_rss.mb,  # sampled so far in this run (it ends with saving the record)
             "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
             "device": str(device),
         },

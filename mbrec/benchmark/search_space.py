@@ -29,7 +29,9 @@ RecBole's hyper file format is accepted too (any file that is not a YAML mapping
 
 import ast
 import difflib
+import itertools
 import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,6 +243,44 @@ def nested(params):
 def with_ties(space, params):
     """The sampled ``params`` plus every tied (``same_as``) parameter set to its source's value."""
     return {**params, **{name: params[source] for name, source in space.tied.items()}}
+
+
+# Trial ids have at least this many digits (``0007``), so folders sort in trial order.
+TRIAL_ID_DIGITS = 4
+
+
+def draw_trials(space, num_samples, seed):
+    """Every trial of a sweep as ``[(trial_id, params)]``, fixed before any trial starts.
+
+    Trial ``i`` takes grid point ``i % grid_size`` (in file order) of sample ``i // grid_size``;
+    its random parameters come from a generator seeded by ``(seed, i)``. The same sweep seed
+    draws the same trials, so a trial id stays tied to one configuration across ``--resume``.
+    """
+    grid_params = [param for param in space.swept if param.kind == GRID]
+    points = list(itertools.product(*(param.values for param in grid_params)))
+    total = int(num_samples) * len(points)
+    digits = max(TRIAL_ID_DIGITS, len(str(total - 1)))
+    trials = []
+    for index in range(total):
+        point = dict(zip((param.name for param in grid_params), points[index % len(points)]))
+        draw = random.Random(f"{seed}/{index}")
+        params = {}
+        for param in space.swept:
+            if param.kind == GRID:
+                params[param.name] = point[param.name]
+            elif param.kind == CHOICE:
+                params[param.name] = param.values[draw.randrange(len(param.values))]
+            elif param.kind == UNIFORM:
+                params[param.name] = draw.uniform(*param.values)
+            elif param.kind == LOGUNIFORM:
+                low, high = param.values
+                params[param.name] = math.exp(draw.uniform(math.log(low), math.log(high)))
+            else:  # QUNIFORM: low, high, step; a whole step keeps integers integers
+                low, high, step = param.values
+                value = round(draw.uniform(low, high) / step) * step
+                params[param.name] = int(value) if float(step).is_integer() and float(low).is_integer() else value
+        trials.append((f"{index:0{digits}d}", params))
+    return trials
 
 
 def sweep_defaults():

@@ -77,6 +77,12 @@ class SeedStep:
     sweep: str = None
 
 
+def suite_models(suite):
+    """Every model of the whole suite file (a subset run too): its suite-wide overrides are meant for
+    whichever of them knows a key, so a key one of them knows is not refused as misspelt."""
+    return list(dict.fromkeys(entry.model for entry in suites.load_suite(suite.path).entries))
+
+
 def entry_settings(suite, entry):
     """An entry's overrides: suite-wide < training (cap, patience) < the model's < the entry's own."""
     settings = {}
@@ -84,7 +90,7 @@ def entry_settings(suite, entry):
         deep_update(settings, copy.deepcopy(layer))
     stages = getattr(registry.get_model_class(entry.model), "training_stages", None)
     if stages:  # a staged model validates once per epoch of every stage: the sweep's ASHA horizon
-        merged = merge_layers(entry.model, suite.datasets[0], (), settings)
+        merged = merge_layers(entry.model, suite.datasets[0], (), settings, suite_models(suite))
         settings["epochs"] = sum(int(merged[f"{stage}_epochs"]) for stage in stages)
     return settings
 
@@ -197,7 +203,7 @@ def _plan_seed_run(suite, step, source, args, results_dir):
         deep_update(overrides, copy.deepcopy(step.entry.overrides))  # an ablation's switch beats the selection
     step.overrides = overrides
     plan = plan_run(step.entry.model, step.dataset, (), overrides, step.seed, args.data_path, args.cache_dir,
-                    results_dir)
+                    results_dir, suite_models(suite))
     step.path = plan.path
     step.state = STORED if store.stored_record(plan.path) else PENDING
 
@@ -338,7 +344,7 @@ def _run_seed_steps(suite, pending, args, results_dir, seed_runs, estimator):
         start = time.perf_counter()
         try:
             run(step.entry.model, step.dataset, (), step.overrides, step.seed, args.device, args.data_path,
-                args.cache_dir, results_dir)
+                args.cache_dir, results_dir, command_models=suite_models(suite))
             step.state = STORED
             annotate(suite, step, results_dir)
         except Exception as error:  # noqa: BLE001 (one failed run must not stop the suite; its log says why)

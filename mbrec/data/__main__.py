@@ -1,7 +1,7 @@
 """Command line for data preparation.
 
-    python -m mbrec.data list
-    python -m mbrec.data prepare NAME [--raw PATH] [--data-path DIR] [--cache-dir DIR] [--force]
+    python -m mbrec.data list [--dataset-file NAME.yaml ...]
+    python -m mbrec.data prepare NAME [--dataset-file NAME.yaml] [--raw PATH] [--data-path DIR] [--cache-dir DIR] [--force]
                                       [--format F] [--heldout append|ignore] [--size S] [--seed N]
                                       [--sep SEP] [--option KEY=YAML_VALUE ...]
     python -m mbrec.data synthesize-ijcai15 OUT [--size ijcai] [--seed N]
@@ -10,16 +10,19 @@
 
 import argparse
 import logging
+import os
 import sys
 import time
 
 import yaml
 
 from mbrec.data.prepare import (
-    HELDOUT_MODES, META_FILE, DataPreparationError, dataset_spec, effective_options,
+    HELDOUT_MODES, META_FILE, DataPreparationError, data_checks, dataset_spec, effective_options,
     fingerprint, locate_raw_files, prepare, read_meta, registered_names, variant_name,
 )
+from mbrec.data.declarations import DATASET_FILE_HELP, use_dataset_files
 from mbrec.data.readers import FORMATS
+from mbrec.utils import CACHE_DIR_ENV, DATA_DIR_ENV, data_dir
 from mbrec.utils import cache_dir as cache_root
 
 
@@ -39,9 +42,12 @@ def build_parser():
     listing = commands.add_parser("list", help="registered datasets: format, raw data found, prepared")
     listing.add_argument("--data-path", help="root of raw data (default $MBREC_DATA_DIR)")
     listing.add_argument("--cache-dir", help="root of prepared data (default $MBREC_CACHE_DIR)")
+    listing.add_argument("--dataset-file", action="append", default=[], metavar="NAME.yaml",
+                         help=DATASET_FILE_HELP)
 
     prep = commands.add_parser("prepare", help="write RecBole atomic files for a dataset")
-    prep.add_argument("name", help="registered dataset name (see `list`)")
+    prep.add_argument("name", help="registered dataset name (see `list`), or one declared with --dataset-file")
+    prep.add_argument("--dataset-file", action="append", default=[], metavar="NAME.yaml", help=DATASET_FILE_HELP)
     prep.add_argument("--raw", help="raw file or folder (default <data-path>/<subdir>)")
     prep.add_argument("--data-path", help="root of raw data (default $MBREC_DATA_DIR)")
     prep.add_argument("--cache-dir", help="root of prepared data (default $MBREC_CACHE_DIR or ~/.cache/mbrec)")
@@ -83,7 +89,22 @@ def _status(name, data_path, cache_path):
     return f"{name}{alias}", options["format"], raw, prepared
 
 
+def _where(label, path, source):
+    """One line: which folder was looked in, where that choice came from, and whether it exists."""
+    if path is None:
+        return f"{label}: not set ({source}); datasets that need raw files show raw missing"
+    return f"{label}: {path} ({source}; {'exists' if path.is_dir() else 'does not exist'})"
+
+
 def cmd_list(args):
+    raw_root = data_dir(args.data_path)
+    raw_source = ("--data-path" if args.data_path else
+                  f"${DATA_DIR_ENV}" if raw_root else f"neither --data-path nor ${DATA_DIR_ENV}")
+    prepared_root = cache_root(args.cache_dir)
+    prepared_source = ("--cache-dir" if args.cache_dir else
+                       f"${CACHE_DIR_ENV}" if os.environ.get(CACHE_DIR_ENV) else f"default; ${CACHE_DIR_ENV} unset")
+    print(_where("raw data", raw_root, raw_source))
+    print(_where("prepared data", prepared_root, prepared_source))
     rows = [("name", "format", "raw", "prepared")]
     rows += [_status(name, args.data_path, args.cache_dir) for name in registered_names()]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
@@ -109,6 +130,8 @@ def cmd_prepare(args):
           f"{meta.get('n_users', 0):,} users, {meta.get('n_items', 0):,} items")
     for reason, count in (meta.get("dropped") or {}).items():
         print(f"  dropped {count:,}: {reason}")
+    for line in data_checks(meta):
+        print(f"  {line}")
     print(f"  {time.time() - started:.2f}s (built {meta.get('created', '?')})")
     return 0
 
@@ -132,6 +155,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
     try:
+        use_dataset_files(getattr(args, "dataset_file", None))
         if args.command == "synthesize-ijcai15":
             return cmd_synthesize_ijcai15(args)
         return cmd_list(args) if args.command == "list" else cmd_prepare(args)

@@ -32,9 +32,12 @@ valid target, so valid and test targets never enter it), built by :class:`Window
   window and each position sees exactly the history its prefix example sees; in a later window of
   a longer part, a target sees the rows of its window before it (1 to L) where its prefix example
   sees the L rows before it.
-* Cloze models (``train_unit_kind = "cloze"``): one window of at most L rows per user and epoch,
-  the part's last L rows or, for a longer part, with probability ``cloze_random_window_prob``
-  (default 0: never) a uniformly drawn window of L rows; the model draws its own masks.
+* Cloze models (``train_unit_kind = "cloze"``): one window of at most W rows per user and epoch,
+  the part's last W rows or, for a longer part, with probability ``cloze_random_window_prob``
+  (default 0: never) a uniformly drawn window of W rows; the model draws its own masks. W is the
+  model's ``cloze_window_rows``: ``"window"`` (default), W = L; ``"window+slot"``, W = L + 1, for
+  a model with absolute positions whose evaluation query puts its slot after a full window of L
+  history rows, at position L: windows of L rows would never train that position.
 """
 
 import queue
@@ -52,6 +55,7 @@ SPLITS = ("train", "valid", "test")
 PAD_ID = 0
 TRAIN_UNITS = ("prefix", "sequence")
 TRAIN_UNIT_KINDS = ("causal", "cloze")
+CLOZE_WINDOW_ROWS = {"window": 0, "window+slot": 1}  # a Cloze model's window: L rows, or L + 1 (docstring)
 # Sequence-mode batch fields of causal windows: what each input position predicts.
 TARGET_ITEM_LIST = "target_item_list"
 TARGET_BEHAVIOR_LIST = "target_behavior_list"
@@ -302,10 +306,10 @@ class MultiBehaviorSequentialDataset(SequentialDataset):
         targets = np.minimum(window, n_targets[user_of] - index_in_user * window)  # [W]
         return np.stack([starts[user_of] + index_in_user * window, targets + 1], axis=1)
 
-    def cloze_windows(self, random_window_prob=0.0):
-        """``[U, 2]`` (first row, number of rows): one Cloze window per user, drawn with torch's RNG."""
+    def cloze_windows(self, random_window_prob=0.0, window=None):
+        """``[U, 2]`` (first row, rows): one Cloze window of at most ``window`` (default L) rows per user."""
         starts, sizes = self.training_parts()
-        window = self.max_item_list_len
+        window = window or self.max_item_list_len
         n_rows = np.minimum(sizes, window)
         first = starts + sizes - n_rows  # the part's last rows
         if random_window_prob > 0:
@@ -315,16 +319,17 @@ class MultiBehaviorSequentialDataset(SequentialDataset):
             first = np.where(pick, starts + offsets, first)
         return np.stack([first, n_rows], axis=1)
 
-    def make_window_batch(self, windows, causal):
+    def make_window_batch(self, windows, causal, width=None):
         """Gather sequence-mode windows ``[B, 2]`` (first row, rows) as an ``Interaction``.
 
         Causal windows: the input is every row but the last and ``target_*_list`` hold the next
         row of each input position. Cloze windows: the input is the whole window, no targets.
+        The input is ``width`` columns wide (default L; a ``"window+slot"`` Cloze model's L + 1).
         """
         first, n_rows = windows[:, 0], windows[:, 1]
         lengths = n_rows - 1 if causal else n_rows  # [B]
-        offsets = np.arange(self.max_item_list_len)
-        rows = first[:, None] + offsets[None, :]  # [B, L]
+        offsets = np.arange(width or self.max_item_list_len)
+        rows = first[:, None] + offsets[None, :]  # [B, width]
         padded = offsets[None, :] >= lengths[:, None]
         batch = {self.uid_field: torch.from_numpy(self.row_arrays[self.uid_field][first]),
                  self.item_list_length_field: torch.from_numpy(lengths)}
@@ -453,11 +458,12 @@ class WindowLoader(SequenceLoader):
     holds the windows whose first target falls in its block of ``batch_size`` targets, so it
     covers about as many (history, target) pairs as a prefix-mode batch (at most
     ``batch_size + L - 1``) and an epoch takes about as many optimizer steps. Cloze: one window
-    per user, redrawn each epoch, ``batch_size`` windows a batch. No batch transform and no
-    negative sampling: the model computes its loss from the windows.
+    per user (``cloze_window_rows``), redrawn each epoch, ``batch_size`` windows a batch. No batch
+    transform and no negative sampling: the model computes its loss from the windows.
     """
 
-    def __init__(self, config, split_dataset, batch_size, kind, prefetch=0, pin_memory=False):
+    def __init__(self, config, split_dataset, batch_size, kind, prefetch=0, pin_memory=False,
+                 cloze_window_rows="window"):
         if kind not in TRAIN_UNIT_KINDS:
             raise DatasetError(f"train_unit: sequence needs the model's train_unit_kind in {TRAIN_UNIT_KINDS}, "
                                f"got {kind!r}")
@@ -467,6 +473,9 @@ class WindowLoader(SequenceLoader):
         self.causal = kind == "causal"
         self.random_window_prob = float(config["cloze_random_window_prob"] or 0.0)
         self.windows = split_dataset.causal_windows() if self.causal else None  # fixed; Cloze: drawn per epoch
+        if cloze_window_rows not in CLOZE_WINDOW_ROWS:
+            raise DatasetError(f"cloze_window_rows must be in {list(CLOZE_WINDOW_ROWS)}, got {cloze_window_rows!r}")
+        self.width = None if self.causal else split_dataset.max_item_list_len + CLOZE_WINDOW_ROWS[cloze_window_rows]
         self.n_targets = int(self.windows[:, 1].sum() - len(self.windows)) if self.causal else 0
 
     def __len__(self):
@@ -476,7 +485,7 @@ class WindowLoader(SequenceLoader):
 
     def epoch_batches(self):
         if not self.causal:
-            windows = self.dataset.cloze_windows(self.random_window_prob)
+            windows = self.dataset.cloze_windows(self.random_window_prob, self.width)
             windows = windows[torch.randperm(len(windows)).numpy()]
             return [windows[begin:begin + self.batch_size] for begin in range(0, len(windows), self.batch_size)]
         windows = self.windows[torch.randperm(len(self.windows)).numpy()]
@@ -486,4 +495,4 @@ class WindowLoader(SequenceLoader):
         return np.split(windows, cuts)
 
     def build_batch(self, windows):
-        return self.dataset.make_window_batch(windows, causal=self.causal)
+        return self.dataset.make_window_batch(windows, causal=self.causal, width=self.width)

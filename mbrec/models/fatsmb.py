@@ -50,7 +50,8 @@ part of the frozen encoder). Frozen parts are kept in eval mode (no dropout), so
 targets are deterministic.
 
 Training unit (``train_unit``; models.md, "training unit"). ``sequence`` (default, the reference
-code's): a batch holds users' training windows (``MAX_ITEM_LIST_LENGTH`` rows), every real position
+code's): a batch holds users' training windows (``MAX_ITEM_LIST_LENGTH`` rows; ``ape``: one more, so
+that position L, a full window's slot, is trained), every real position
 masked with ``mask_prob`` (at least one per window), no next-item slot; all three stages learn at
 every masked position: stage 1 reconstructs the items, stage 2 denoises ``z_b`` of every masked
 position (``z_null``: the same window with the masked positions' behaviors hidden), stage 3 decodes
@@ -242,6 +243,9 @@ class FatsMB(SeededSampling, PredictFromFullSort, SequentialRecommender):
         self.initializer_range = config["initializer_range"]
 
         self.encoder = MultiBehaviorEncoder(self.n_items, self.n_behaviors + 2, self.max_seq_length + 1, config)
+        # ape: a full window's slot reads position L, so sequence-mode windows hold L + 1 rows to train it
+        # (rope / barope: no position table; the reference code's windows of L rows)
+        self.cloze_window_rows = "window+slot" if self.encoder.position_embedding is not None else "window"
         self.decoder = PreferenceDecoder(hidden, self.n_items)
         self.denoiser = LatentDenoiser(hidden, self.n_behaviors, config)
         self.diffusion = GaussianDiffusion(beta_schedule(config["beta_schedule"], config["diffusion_steps"],

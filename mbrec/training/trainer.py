@@ -107,7 +107,8 @@ class Trainer:
         if train_unit(self.config) == "sequence":
             return WindowLoader(self.config, train_dataset, self.config["train_batch_size"],
                                 kind=getattr(self.model, "train_unit_kind", None), prefetch=self.loader_prefetch,
-                                pin_memory=pin_memory)
+                                pin_memory=pin_memory,
+                                cloze_window_rows=getattr(self.model, "cloze_window_rows", "window"))
         return SequenceLoader(self.config, train_dataset, self.config["train_batch_size"], shuffle=True,
                               training=True, prefetch=self.loader_prefetch, pin_memory=pin_memory)
 

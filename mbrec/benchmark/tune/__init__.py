@@ -15,8 +15,10 @@ One sweep = one grid (:mod:`mbrec.benchmark.search_space`) on one (model, datase
    sweep (``selected_by``); the sweep summary (JSON + Markdown) and a sensitivity plot
    (valid metric against each swept parameter) are written beside ``sweep.json``.
 
-``--resume`` continues an interrupted sweep from Ray's saved state: finished trials are kept,
-unfinished ones run. Ray is an optional extra; this module imports it only when a sweep runs.
+Every trial's id and parameters are drawn by the driver when the sweep is planned (from the
+sweep seed and the trial's index) and stored in ``sweep.json``. ``--resume`` continues an
+interrupted sweep from the trials' own files, not Ray's saved state: a finished trial is kept
+with its score and epochs, unfinished ones run with their stored parameters. Ray is an optional extra; this module imports it only when a sweep runs.
 
 Modules: ``plan`` (everything checked before Ray starts: options, spec, sweep folder),
 ``trial`` (one trial, in a Ray worker), ``driver`` (running the sweep on Ray, reading its
@@ -35,7 +37,7 @@ from mbrec.benchmark.tune.driver import (
 from mbrec.benchmark.tune.plan import (
     METRIC, MODE, NAME_HASH_LENGTH, OPTION_KEYS, RAY_INSTALL_HINT, SAMPLING_OPTION_KEYS, SCHEDULERS, SPEC_FILE,
     SPEC_VERSION, SWEEPS_DIRNAME, TRIALS_DIRNAME, TuneNotInstalledError, default_sweep_name, expected_trials,
-    plan_sweep, ray_param_space, require_ray, space_of, sweep_dir_of, sweep_options,
+    join_in_token_mode, plan_sweep, require_ray, space_of, sweep_dir_of, sweep_options,
 )
 from mbrec.benchmark.tune.summary import (
     LOG_AXIS_RATIO, PLOT_FILE, SUMMARY_JSON, SUMMARY_MD, build_summary, sensitivity_plot, summary_markdown,
@@ -51,7 +53,8 @@ __all__ = [
     "NAME_HASH_LENGTH", "NOT_RUN", "OPTION_KEYS", "OUTCOME_FILE", "PLOT_FILE", "RAY_ERROR_FILE", "RAY_INSTALL_HINT",
     "SAMPLING_OPTION_KEYS", "SCHEDULERS", "SPEC_FILE", "SPEC_VERSION", "STOPPED", "SUMMARY_JSON", "SUMMARY_MD",
     "SWEEPS_DIRNAME", "TRIALS_DIRNAME", "TRIAL_LOG", "TuneNotInstalledError", "best_trial", "build_summary",
-    "build_tune_parser", "collect_trials", "connect_ray", "default_sweep_name", "expected_trials", "plan_sweep",
-    "ray_param_space", "require_ray", "retrain_best", "run_sweep", "sensitivity_plot", "space_of", "summary_markdown",
+    "build_tune_parser", "collect_trials", "connect_ray", "default_sweep_name", "expected_trials",
+    "join_in_token_mode", "plan_sweep",
+    "require_ray", "retrain_best", "run_sweep", "sensitivity_plot", "space_of", "summary_markdown",
     "sweep", "sweep_dir_of", "sweep_options", "train_trial", "trial_dirname", "tune_main", "write_summary",
 ]

@@ -6,17 +6,19 @@ import copy
 import json
 import logging
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 from mbrec import results as store
 from mbrec.benchmark.runner import run
 from mbrec.benchmark.search_space import nested, with_ties
 from mbrec.benchmark.tune.plan import (
-    METRIC, MODE, SPEC_FILE, TRIALS_DIRNAME, expected_trials, plan_sweep, ray_param_space, require_ray, space_of,
+    METRIC, MODE, RAY_AUTH_MODE_ENV, RAY_TOKEN_FILE, SPEC_FILE, join_in_token_mode, TRIALS_DIRNAME, expected_trials, plan_sweep, require_ray, space_of, trial_params,
 )
 from mbrec.benchmark.tune.summary import build_summary, write_summary
 from mbrec.benchmark.tune.trial import (
-    ATTEMPTS_FILE, COMPLETED, FAILED, NOT_RUN, OUTCOME_FILE, STOPPED, TRIAL_LOG, train_trial, trial_dirname,
+    ATTEMPTS_FILE, COMPLETED, FAILED, FAILURE_FILE, NOT_RUN, OUTCOME_FILE, STATUS_FILE, STOPPED, TRIAL_LOG,
+    train_trial, trial_dir_of, trial_dirname,
 )
 from mbrec.config import ConfigError, deep_update
 from mbrec.utils import REPO_DIR, write_json_atomic
@@ -40,161 +42,188 @@ def connect_ray(address=None, num_cpus=None):
     runtime_env = {"env_vars": {"PYTHONPATH": python_path}}
     if address:
         logger.info(f"joining the Ray cluster at {address}")
-        ray.init(address=address, runtime_env=runtime_env)
+        join_in_token_mode(address)
+        try:
+            ray.init(address=address, runtime_env=runtime_env)
+        except ConnectionError as error:
+            mode = os.environ.get(RAY_AUTH_MODE_ENV)
+            hint = ("" if (mode or "").lower() == "token" else
+                    f"; {RAY_AUTH_MODE_ENV} is {mode or 'unset'} and a cluster from `ray start` (Ray 2.60) asks for "
+                    f"token authentication: run this command with {RAY_AUTH_MODE_ENV}=token in the environment "
+                    f"(the token is read from $RAY_AUTH_TOKEN or {RAY_TOKEN_FILE}; copy the head's file there)")
+            raise ConfigError(f"cannot join the Ray cluster at {address} ({error}){hint}") from None
     else:
         logger.info(f"starting a local Ray ({num_cpus or 'all'} CPUs)")
         ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env)
     return True
 
 
-def _progress_callback(spec, total):
-    """A Ray Tune callback logging one line per finished or failed trial."""
+def _progress_callback(spec, total, done):
+    """A Ray Tune callback that files each trial's end in its ``status.json`` (as soon as Ray says
+    so, so a killed driver loses nothing finished) and logs ``[done/total]``, counting the
+    trials finished before a resume."""
     from ray import tune
 
     metric_name = f"{spec['valid_task']} {spec['valid_metric']}"
 
     class SweepProgress(tune.Callback):
         def __init__(self):
-            self.done = 0
+            self.done = done
 
-        def _line(self, trial, what):
+        def _end(self, trial, lost_worker=False):
             self.done += 1
-            best = (trial.last_result or {}).get("best_valid_score")
-            score = f"best valid {metric_name} {best:.4f}" if best is not None else "no valid score"
-            logger.info(f"[{self.done}/{total}] trial {trial.trial_id} {what}: {score}; params {trial.config}")
+            trial_id = trial.config["trial_id"]
+            entry = _file_trial_end(spec, trial_id, trial.last_result or {}, lost_worker)
+            score = (f"best valid {metric_name} {entry['best_valid']:.4f}" if entry["best_valid"] is not None
+                     else "no valid score")
+            failure = f" ({entry['error']})" if entry.get("error") else ""
+            logger.info(f"[{self.done}/{total}] trial {trial_id} {entry['status']}{failure}: {score}; "
+                        f"params {trial_params(spec)[trial_id]}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._line(trial, "ended")
+            self._end(trial)
 
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._line(trial, "FAILED")
+        def on_trial_error(self, iteration, trials, trial, **info):  # its worker died max_failures + 1 times
+            self._end(trial, lost_worker=True)
 
     return SweepProgress()
+
+
+def _file_trial_end(spec, trial_id, last_result, lost_worker):
+    """Write what became of one attempt of a trial into its ``status.json``; return the entry."""
+    trial_dir = trial_dir_of(spec, trial_id)
+    outcome, failure = _read_json(trial_dir / OUTCOME_FILE), _read_json(trial_dir / FAILURE_FILE)
+    validations = int(last_result.get("training_iteration") or 0)
+    entry = {"ended": datetime.now(timezone.utc).isoformat(timespec="seconds"), "validations": validations,
+             "best_valid": last_result.get("best_valid_score"), "error": None,
+             "epochs_run": int(last_result["epoch"]) + 1 if last_result.get("epoch") is not None else 0}
+    if failure is not None:
+        entry.update(status=FAILED, error=failure["error"])
+    elif lost_worker:
+        entry.update(status=FAILED, error=f"worker lost after {spec['options']['max_failures']} retries: "
+                                          f"{_error_line(trial_dir)}")
+    elif outcome is not None or validations >= spec["max_validations"]:
+        entry["status"] = COMPLETED  # ASHA stops a trial at its last report (max_t), before it writes its outcome
+    elif validations:
+        entry["status"] = STOPPED
+    else:
+        entry.update(status=FAILED, error="ended without reporting a valid score")
+    status = _read_json(trial_dir / STATUS_FILE) or {"trial_id": trial_id, "attempts": []}
+    status["attempts"].append(entry)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(trial_dir / STATUS_FILE, status)
+    return entry
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
 
 
 def run_sweep(spec, sweep_dir, resume=False, retry_failed=False, ray_address=None, callbacks=()):
     """Run (or resume) the sweep on Ray Tune; return its trials (see :func:`collect_trials`).
 
-    ``callbacks`` are extra Ray Tune callbacks (the tests use one to interrupt a sweep).
+    What is finished is read from the trials' own files (``outcome.json``, ``status.json``),
+    never from Ray's saved state: a finished trial is never run again, and every trial trains
+    the parameters drawn for its id when the sweep was planned. ``callbacks`` are extra Ray Tune
+    callbacks (the tests use one to interrupt a sweep). On ``--resume`` ASHA compares the
+    resumed trials among themselves (the finished ones are not rerun to fill its rungs).
     """
     ray, tune = require_ray()
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    experiment_dir = sweep_dir / TRIALS_DIRNAME
     options = spec["options"]
-    space = space_of(spec)
-    total = expected_trials(spec)
+    before = collect_trials(spec)
+    rerun = {NOT_RUN} | ({FAILED} if retry_failed else set())
+    pending = [trial["trial_id"] for trial in before if trial["status"] in rerun]
+    if resume:
+        logger.info(f"resuming sweep {spec['name']}: {len(before) - len(pending)} finished trial(s) kept from their "
+                    f"own files, {len(pending)} to run{' (failed trials run again)' if retry_failed else ''}")
+    if not pending:
+        return before
     started_ray = connect_ray(ray_address, options["local_num_cpus"])
     try:
         trainable = tune.with_resources(tune.with_parameters(train_trial, spec=spec),
                                         {"cpu": options["cpus_per_trial"], "gpu": options["gpus_per_trial"]})
-        if resume:
-            logger.info(f"resuming sweep {spec['name']} from {experiment_dir}"
-                        f"{' (failed trials run again)' if retry_failed else ''}")
-            tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=retry_failed)
+        if options["scheduler"] == "asha":
+            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec["max_validations"],
+                                      grace_period=min(int(options["grace_period"]), spec["max_validations"]),
+                                      reduction_factor=options["reduction_factor"])
         else:
-            if options["scheduler"] == "asha":
-                scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec["max_validations"],
-                                          grace_period=min(int(options["grace_period"]), spec["max_validations"]),
-                                          reduction_factor=options["reduction_factor"])
-            else:
-                scheduler = FIFOScheduler()
-            tuner = tune.Tuner(
-                trainable,
-                param_space=ray_param_space(space),
-                tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler,
-                                            num_samples=int(options["num_samples"]),
-                                            max_concurrent_trials=options["max_concurrent"],
-                                            # a fresh worker per trial would import torch and recbole again
-                                            reuse_actors=True,
-                                            trial_dirname_creator=lambda trial: trial_dirname(trial.trial_id)),
-                run_config=tune.RunConfig(
-                    name=TRIALS_DIRNAME, storage_path=str(sweep_dir),
-                    failure_config=tune.FailureConfig(max_failures=int(options["max_failures"])),
-                    callbacks=[_progress_callback(spec, total), *callbacks]),
-            )
+            scheduler = FIFOScheduler()
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial_id": tune.grid_search(pending)},
+            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler, num_samples=1,
+                                        max_concurrent_trials=options["max_concurrent"],
+                                        # a fresh worker per trial would import torch and recbole again
+                                        reuse_actors=True,
+                                        trial_dirname_creator=lambda trial: trial_dirname(trial.config["trial_id"])),
+            run_config=tune.RunConfig(
+                name=TRIALS_DIRNAME, storage_path=str(sweep_dir),
+                failure_config=tune.FailureConfig(max_failures=int(options["max_failures"])),
+                callbacks=[_progress_callback(spec, expected_trials(spec), len(before) - len(pending)),
+                           *callbacks]),
+        )
         tuner.fit()
     finally:
         if started_ray:
             ray.shutdown()
-    return collect_trials(experiment_dir, spec)
+    return collect_trials(spec)
 
 
-def collect_trials(experiment_dir, spec):
-    """One dict per trial from Ray's saved experiment state and the trial folders.
+def collect_trials(spec):
+    """One dict per planned trial, in trial order, read from the trial folders (not Ray's state).
 
     Keys: ``trial_id``, ``params`` (tied ones included), ``status`` (completed, stopped early,
-    failed, unfinished), ``best_valid`` (max reported valid metric, None if none), ``validations``,
-    ``epochs_run``, ``attempts``, ``error`` (first line of the cause), ``log``, ``dir``.
+    failed, unfinished), ``best_valid``, ``validations``, ``epochs_run``, ``attempts`` (starts),
+    ``history`` (what each ended attempt became), ``error`` (first line of the cause), ``log``, ``dir``.
     """
-    from ray import tune
-
-    analysis = tune.ExperimentAnalysis(str(experiment_dir))
-    space = space_of(spec)
+    space, params_of = space_of(spec), trial_params(spec)
     trials = []
-    for trial in analysis.trials:
-        trial_dir = Path(trial.path) if trial.path else None  # storage_path is a local (or shared) folder
-        reports = _read_reports(trial_dir)
-        scores = [report[METRIC] for report in reports if report.get(METRIC) is not None]
-        epochs = [report["epoch"] for report in reports if report.get("epoch") is not None]
-        outcome = trial_dir / OUTCOME_FILE if trial_dir else None
-        if trial.status == "ERROR":
-            status = FAILED
-        elif (outcome is not None and outcome.is_file()) or len(scores) >= spec["max_validations"]:
-            status = COMPLETED  # ASHA stops a trial at its last report (max_t), before it writes its outcome
-        elif trial.status == "TERMINATED" and scores:
-            status = STOPPED
+    for planned in spec["trials"]:
+        trial_dir = trial_dir_of(spec, planned["trial_id"])
+        outcome, failure = _read_json(trial_dir / OUTCOME_FILE), _read_json(trial_dir / FAILURE_FILE)
+        history = (_read_json(trial_dir / STATUS_FILE) or {}).get("attempts", [])
+        last = history[-1] if history else {}
+        if outcome is not None:  # trained to its end: its own numbers, whatever Ray saved
+            status, best_valid = COMPLETED, outcome.get("best_valid_score")
+            validations, epochs_run, error = outcome.get("validations", last.get("validations", 0)), \
+                int(outcome["epochs_run"]), None
+        elif failure is not None:
+            status, best_valid, validations, epochs_run, error = FAILED, None, 0, 0, failure["error"]
+        elif last:
+            status, best_valid, error = last["status"], last["best_valid"], last.get("error")
+            validations, epochs_run = last["validations"], last["epochs_run"]
         else:
-            status = NOT_RUN
-        attempts_file = trial_dir / ATTEMPTS_FILE if trial_dir else None
+            status, best_valid, validations, epochs_run, error = NOT_RUN, None, 0, 0, None
+        attempts_file = trial_dir / ATTEMPTS_FILE
         trials.append({
-            "trial_id": trial.trial_id,
-            "params": with_ties(space, {name: trial.config[name] for name in (p.name for p in space.swept)
-                                        if name in trial.config}),
+            "trial_id": planned["trial_id"],
+            "params": with_ties(space, params_of[planned["trial_id"]]),
             "status": status,
-            "best_valid": max(scores) if scores else None,
-            "validations": len(scores),
-            "epochs_run": _epochs_run(outcome, epochs),
-            "attempts": (len(attempts_file.read_text().splitlines())
-                         if attempts_file is not None and attempts_file.is_file() else 0),
-            "error": _error_line(trial_dir) if status == FAILED else None,
-            "log": str(trial_dir / TRIAL_LOG) if trial_dir else None,
-            "dir": str(trial_dir) if trial_dir else None,
+            "best_valid": best_valid if status != FAILED else None,
+            "validations": validations,
+            "epochs_run": epochs_run,
+            "attempts": len(attempts_file.read_text().splitlines()) if attempts_file.is_file() else 0,
+            "history": history,
+            "error": error if status == FAILED else None,
+            "log": str(trial_dir / TRIAL_LOG),
+            "dir": str(trial_dir),
         })
-    return sorted(trials, key=lambda entry: entry["trial_id"])
-
-
-def _epochs_run(outcome, reported_epochs):
-    """Epochs trained: from the trial's outcome when it ended, else from its last report."""
-    if outcome is not None and outcome.is_file():
-        with open(outcome, encoding="utf-8") as handle:
-            return int(json.load(handle)["epochs_run"])
-    return max(reported_epochs) + 1 if reported_epochs else 0
-
-
-def _read_reports(trial_dir):
-    """The metrics a trial reported, in order (Ray's ``result.json``: one JSON object per line)."""
-    path = trial_dir / "result.json" if trial_dir else None
-    if path is None or not path.is_file():
-        return []
-    reports = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                reports.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short when the sweep was killed
-    return reports
+    return trials
 
 
 def _error_line(trial_dir):
     """The failing exception as ``Type: message``: the last line of Ray's traceback file."""
     path = trial_dir / RAY_ERROR_FILE if trial_dir else None
     if path is None or not path.is_file():
-        return "failed (no error file)"
+        return "no error file"
     lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    return lines[-1] if lines else "failed (empty error file)"
+    return lines[-1] if lines else "empty error file"
 
 
 def best_trial(trials):
@@ -246,6 +275,9 @@ def sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=None,
         if {**stored, "device": device} != {**spec, "device": device}:
             logger.warning(f"--resume: using the sweep's stored settings from {sweep_dir / SPEC_FILE} (the command "
                            f"line differs)")
+        if "trials" not in stored:
+            raise ConfigError(f"The sweep at {sweep_dir} was made by an older mbrec (its trials were drawn by Ray, "
+                              f"so they cannot be resumed truthfully); start a new one with --name NEW")
         spec = stored
     elif experiment_dir.exists():
         raise ConfigError(f"Sweep {spec['name']} already exists at {sweep_dir}; pass --resume to continue it or "
@@ -261,8 +293,7 @@ def sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=None,
                 f"{spec['options']['gpus_per_trial']} GPU per trial; folder {sweep_dir}")
     trials = run_sweep(spec, sweep_dir, resume, retry_failed, ray_address, callbacks)
     best = best_trial(trials)
-    # Ray creates trials lazily (max_concurrent): an interrupted sweep may not list them all yet.
-    unfinished = sum(trial["status"] == NOT_RUN for trial in trials) + max(0, expected_trials(spec) - len(trials))
+    unfinished = sum(trial["status"] == NOT_RUN for trial in trials)
     final, final_error = None, None
     if unfinished:
         logger.warning(f"{unfinished} trial(s) unfinished (interrupted?); continue with --resume")

@@ -4,16 +4,22 @@ config, the sweep options, the data), the sweep's spec and folder, and Ray's par
 import copy
 import hashlib
 import json
+import logging
 import math
+import os
+import sys
 from pathlib import Path
 
 from mbrec import registry
 from mbrec import results as store
 from mbrec.benchmark.runner import prepare_data
-from mbrec.benchmark.search_space import (CHOICE, GRID, LOGUNIFORM, QUNIFORM, UNIFORM, Param, SearchSpace,
-                                          check_names, default_grid_file, load_search_space, sweep_defaults)
+from mbrec.benchmark.search_space import (Param, SearchSpace, check_names, default_grid_file, draw_trials,
+                                          load_search_space, sweep_defaults)
 from mbrec.config import ConfigError, build_config, merge_layers
+from mbrec.data.declarations import declared_dataset_files
 from mbrec.utils import data_dir
+
+logger = logging.getLogger("mbrec")
 
 RAY_INSTALL_HINT = ('Ray Tune is not installed; sweeps need the optional extra: pip install -e ".[tune]" '
                     '(or pip install "ray[tune]>=2.40")')
@@ -22,12 +28,45 @@ TRIALS_DIRNAME = "trials"        # Ray's experiment folder inside the sweep fold
 SPEC_FILE = "sweep.json"         # what the sweep runs; written before Ray starts, read by --resume
 METRIC = "valid_score"           # the key trials report; the config's valid_metric on valid_task
 MODE = "max"                     # every valid_metric (Recall, NDCG, MRR) is better when higher
-SPEC_VERSION = 1
+SPEC_VERSION = 2  # 2: trials drawn by the driver (spec["trials"]), space_order
 NAME_HASH_LENGTH = 8
 OPTION_KEYS = ("num_samples", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "scheduler", "grace_period",
                "reduction_factor", "max_failures", "local_num_cpus")
 SAMPLING_OPTION_KEYS = ("num_samples", "scheduler", "grace_period", "reduction_factor")
 SCHEDULERS = ("asha", "fifo")
+
+
+RAY_AUTH_MODE_ENV = "RAY_AUTH_MODE"
+# Where `ray start --head` writes the cluster's token (Ray's default; RAY_AUTH_TOKEN_PATH moves it).
+RAY_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+
+
+def join_in_token_mode(address):
+    """Join the cluster at ``address`` in token mode when a token is at hand; True when set here.
+
+    Ray 2.60 runs `ray start --head` with token authentication once a token exists
+    (``~/.ray/auth_token``, which any local ``ray.init()`` writes), but a driver joining an explicit
+    address only sends the token in token mode (``RAY_AUTH_MODE=token``), and Ray reads that mode
+    when it is imported. With ``RAY_AUTH_MODE`` unset and a token available (``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), token mode is set, and Ray's cached config is
+    refreshed as Ray itself does for a local cluster. A token-mode driver also joins a cluster
+    without authentication.
+    """
+    if not address or os.environ.get(RAY_AUTH_MODE_ENV):
+        return False
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or RAY_TOKEN_FILE)
+    if not (os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()):
+        return False
+    os.environ[RAY_AUTH_MODE_ENV] = "token"
+    if "ray" in sys.modules:  # already imported: its config cached the old mode
+        try:
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except (ImportError, AttributeError):  # another Ray version: the error line names the variable
+            pass
+    logger.info(f"joining {address} with token authentication ({RAY_AUTH_MODE_ENV}=token)")
+    return True
 
 
 class TuneNotInstalledError(RuntimeError):
@@ -92,9 +131,12 @@ def plan_sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=
         "dataset_dir": dataset_dir.name,
         "grid_file": str(grid_file.resolve()),
         "space": space.to_dict(),
+        "space_order": list(space.params),  # sweep.json sorts keys; columns keep the grid file's order
         "options": options,
         "overrides": overrides,
         "config_files": [str(Path(path).resolve()) for path in config_files],
+        # the user's dataset declarations (--dataset-file), for trials and --resume
+        "dataset_files": [str(path) for path in sorted(declared_dataset_files().values())],
         "seed": int(settings["seed"]),
         "epochs": int(settings["epochs"]),
         "max_validations": max_validations,
@@ -107,6 +149,13 @@ def plan_sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=
         "results_dir": str(Path(results_dir or store.default_results_dir()).resolve()),
     }
     spec["name"] = name or default_sweep_name(grid_file, spec)
+    # Every trial's id and parameters, fixed before any trial starts (the same on --resume).
+    spec["trials"] = [{"trial_id": trial_id, "params": params}
+                      for trial_id, params in draw_trials(space, options["num_samples"], spec["seed"])]
+    if options["scheduler"] == "asha" and int(options["grace_period"]) >= max_validations:
+        logger.warning(f"ASHA cannot stop any trial: grace_period {options['grace_period']} >= the "
+                       f"{max_validations} validation(s) a trial makes (epochs / eval_step); lower --grace-period or "
+                       f"use --scheduler fifo")
     return spec, sweep_dir_of(spec)
 
 
@@ -125,25 +174,18 @@ def sweep_dir_of(spec):
 
 
 def space_of(spec):
-    """The spec's search space (stored as ``{name: {kind: values}}``)."""
-    return SearchSpace({name: Param(name, *next(iter(kind_values.items())))
-                        for name, kind_values in spec["space"].items()})
+    """The spec's search space (stored as ``{name: {kind: values}}``), in the grid file's order."""
+    order = spec.get("space_order") or list(spec["space"])
+    return SearchSpace({name: Param(name, *next(iter(spec["space"][name].items()))) for name in order})
 
 
-def ray_param_space(space):
-    """Our search space as Ray Tune's ``param_space`` (tied parameters are set inside the trial)."""
-    from ray import tune
-
-    makers = {
-        GRID: tune.grid_search,
-        CHOICE: tune.choice,
-        UNIFORM: lambda bounds: tune.uniform(*bounds),
-        LOGUNIFORM: lambda bounds: tune.loguniform(*bounds),
-        QUNIFORM: lambda bounds: tune.quniform(*bounds),
-    }
-    return {param.name: makers[param.kind](param.values) for param in space.swept}
+def trial_params(spec):
+    """trial id -> the swept parameters of that trial (drawn when the sweep was planned), in the
+    grid file's order (sweep.json sorts keys), so logs read the same before and after a resume."""
+    names = [param.name for param in space_of(spec).swept]
+    return {trial["trial_id"]: {name: trial["params"][name] for name in names} for trial in spec["trials"]}
 
 
 def expected_trials(spec):
     """Trials the sweep makes in all: every grid point ``num_samples`` times."""
-    return space_of(spec).grid_size() * int(spec["options"]["num_samples"])
+    return len(spec["trials"])

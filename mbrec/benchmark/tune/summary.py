@@ -17,7 +17,7 @@ SUMMARY_MD = "summary.md"
 PLOT_FILE = "sensitivity.png"
 PLOT_DPI = 120
 PLOT_PANEL_INCHES = 3.6
-# A numeric parameter whose values span this ratio or more is drawn on a log axis.
+# A numeric parameter whose values span this ratio or more is drawn on a log axis (a log-uniform one always is).
 LOG_AXIS_RATIO = 100
 
 
@@ -33,6 +33,9 @@ def build_summary(spec, trials, best, final=None, final_error=None, unfinished=0
         "sweep": spec["name"], "model": spec["model"], "dataset": spec["dataset_dir"],
         "valid_metric": spec["valid_metric"], "valid_task": spec["valid_task"], "mode": MODE,
         "grid_file": spec["grid_file"], "space": spec["space"], "options": spec["options"],
+        # columns in the grid file's order (sweep.json sorts its keys), the same after --resume
+        "columns": [name for name in spec.get("space_order") or spec["space"]
+                    if "same_as" not in spec["space"][name]],
         "overrides": spec["overrides"], "seed": spec["seed"], "epochs": spec["epochs"],
         "command": " ".join(sys.argv), "trial_counts": counts, "interrupted": unfinished > 0, "trials": trials,
         "best": best, "final": None, "final_error": final_error,
@@ -51,7 +54,7 @@ def build_summary(spec, trials, best, final=None, final_error=None, unfinished=0
 
 def summary_markdown(summary):
     metric = f"{summary['valid_task']} {summary['valid_metric']}"
-    swept = [name for name, kind_values in summary["space"].items() if "same_as" not in kind_values]
+    swept = summary["columns"]
     lines = [f"# Sweep {summary['sweep']}: {summary['model']} on {summary['dataset']}", "",
              f"- command: `{summary['command']}`",
              f"- grid: `{summary['grid_file']}`; scheduler {summary['options']['scheduler']}, "
@@ -79,6 +82,8 @@ def summary_markdown(summary):
         if best and trial["trial_id"] == best["trial_id"]:
             score = f"**{score}**"
         status = trial["status"] + (f": {trial['error']} (log: `{trial['log']}`)" if trial["error"] else "")
+        if len(trial.get("history") or []) > 1:  # --retry-failed or a lost worker: every attempt, in order
+            status += " (attempts: " + ", ".join(attempt["status"] for attempt in trial["history"]) + ")"
         lines.append(f"| {trial['trial_id']} | " + " | ".join(str(trial["params"].get(name)) for name in swept)
                      + f" | {score} | {trial['epochs_run']} | {status} |")
     return "\n".join(lines) + "\n"
@@ -99,13 +104,27 @@ def sensitivity_plot(summary, path):
     Each point is a trial (its best valid score); the line joins the mean per value. Returns
     the path, or None when no trial has a score.
     """
+    import matplotlib.pyplot as plt
+
+    figure = sensitivity_figure(summary)
+    if figure is None:
+        return None
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=PLOT_DPI)
+    plt.close(figure)
+    return path
+
+
+def sensitivity_figure(summary):
+    """The figure :func:`sensitivity_plot` saves (None when no trial has a score); stopped-early
+    trials are hollow red circles, apart from completed ones."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     scored = [trial for trial in summary["trials"] if trial["best_valid"] is not None and trial["status"] != FAILED]
-    names = [name for name, kind_values in summary["space"].items() if "same_as" not in kind_values]
+    names = summary["columns"]
     if not scored or not names:
         return None
     figure, axes = plt.subplots(1, len(names), figsize=(PLOT_PANEL_INCHES * len(names), PLOT_PANEL_INCHES),
@@ -116,13 +135,22 @@ def sensitivity_plot(summary, path):
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         if numeric:
             xs = values
-            if min(values) > 0 and max(values) / min(values) >= LOG_AXIS_RATIO:
+            # drawn log-uniformly: a log axis whatever the span; other positive values when they span a lot
+            if "loguniform" in summary["space"][name] or (
+                    min(values) > 0 and max(values) / min(values) >= LOG_AXIS_RATIO):
                 axis.set_xscale("log")
         else:  # categories at 0, 1, 2, ... in first-seen order
             labels = list(dict.fromkeys(str(v) for v in values))
             xs = [labels.index(str(v)) for v in values]
             axis.set_xticks(range(len(labels)), labels)
-        axis.scatter(xs, scores, alpha=0.6)
+        stopped = [trial["status"] == STOPPED for trial in scored]
+        for marks_stopped, style in ((False, {"label": "completed"}),
+                                     (True, {"facecolors": "none", "edgecolors": "C3", "label": "stopped early"})):
+            chosen = [(x, score) for x, score, is_stopped in zip(xs, scores, stopped) if is_stopped == marks_stopped]
+            if chosen:
+                axis.scatter(*zip(*chosen), alpha=0.7, **style)
+        if any(stopped):
+            axis.legend(fontsize="small")
         by_value = {}
         for x, score in zip(xs, scores):
             by_value.setdefault(x, []).append(score)
@@ -134,7 +162,4 @@ def sensitivity_plot(summary, path):
         axis.grid(alpha=0.3)
     figure.suptitle(f"{summary['model']} on {summary['dataset']}: sweep {summary['sweep']}")
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=PLOT_DPI)
-    plt.close(figure)
-    return path
+    return figure

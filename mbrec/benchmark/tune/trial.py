@@ -10,16 +10,19 @@ from datetime import datetime, timezone
 from mbrec import registry
 from mbrec.benchmark.runner import _RunLog, prepare_data, setup_run
 from mbrec.benchmark.search_space import nested, with_ties
-from mbrec.benchmark.tune.plan import METRIC, TRIALS_DIRNAME, space_of, sweep_dir_of
+from mbrec.benchmark.tune.plan import METRIC, TRIALS_DIRNAME, space_of, sweep_dir_of, trial_params
 from mbrec.training.trainer import Trainer
 from mbrec.config import deep_update, merge_layers
+from mbrec.data.declarations import use_dataset_files
 from mbrec.utils import REPO_DIR, write_json_atomic
 
 logger = logging.getLogger("mbrec")
 
 TRIAL_LOG = "trial.log"          # a trial's log, appended to by each attempt
-ATTEMPTS_FILE = "attempts.log"   # one line per start of a trial (Ray retries, --resume)
-OUTCOME_FILE = "outcome.json"    # written when a trial trained to its end
+ATTEMPTS_FILE = "attempts.log"   # one line per start of a trial (Ray retries, --resume, --retry-failed)
+OUTCOME_FILE = "outcome.json"    # written by the trial when it trained to its end
+FAILURE_FILE = "failure.json"    # written by the trial when it raised (the error; the traceback is in its log)
+STATUS_FILE = "status.json"      # written by the driver when Ray says the trial ended: status and attempts
 CHECKPOINT_NAME = "checkpoint/best.pth"
 
 COMPLETED, STOPPED, FAILED, NOT_RUN = "completed", "stopped early", "failed", "unfinished"
@@ -30,28 +33,36 @@ def trial_dirname(trial_id):
     return f"trial_{trial_id}"
 
 
-def train_trial(params, spec):
-    """Ray Tune trainable: train one sampled config, reporting the valid metric per validation.
+def trial_dir_of(spec, trial_id):
+    return sweep_dir_of(spec) / TRIALS_DIRNAME / trial_dirname(trial_id)
 
-    Never evaluates the test split. Writes into the trial's own folder (under the sweep
-    folder, which a cluster's nodes must share): ``trial.log``
-    (appended per attempt), ``attempts.log``, the best checkpoint while training and, when
-    training ends, ``outcome.json``. An exception fails the trial (Ray records it); the
-    sweep goes on.
+
+def train_trial(config, spec):
+    """Ray Tune trainable: train one planned trial, reporting the valid metric per validation.
+
+    ``config`` names the trial (``{"trial_id": ...}``); its parameters were drawn when the sweep
+    was planned (``spec["trials"]``), so a resumed or retried trial trains the same config.
+    Never evaluates the test split. Writes into the trial's own folder (under the sweep folder,
+    which a cluster's nodes must share): ``trial.log`` (appended per attempt), ``attempts.log``,
+    the best checkpoint while training and, when training ends, ``outcome.json``. A trial that
+    raises writes ``failure.json`` and returns: Ray retries only a trial whose worker *died*
+    (``max_failures``), as the grid does; the sweep goes on.
     """
     import torch
     from ray import tune
 
-    trial_id = tune.get_context().get_trial_id()
+    use_dataset_files(spec.get("dataset_files"))
+    trial_id = config["trial_id"]
     # Not get_trial_dir(): for a reused worker it names a node-local staging folder.
-    trial_dir = sweep_dir_of(spec) / TRIALS_DIRNAME / trial_dirname(trial_id)
+    trial_dir = trial_dir_of(spec, trial_id)
     trial_dir.mkdir(parents=True, exist_ok=True)
-    chosen = with_ties(space_of(spec), params)
+    chosen = with_ties(space_of(spec), trial_params(spec)[trial_id])
     overrides = deep_update(copy.deepcopy(spec["overrides"]), nested(chosen))
     overrides["show_progress"] = False  # progress bars from many workers would garble the driver's console
     # Ray limits the worker to its CPUs; torch would otherwise start a thread per core of the node.
     torch.set_num_threads(max(1, int(spec["options"]["cpus_per_trial"])))
     logging.getLogger().setLevel(logging.INFO)
+    (trial_dir / FAILURE_FILE).unlink(missing_ok=True)  # a retried trial's earlier failure is in status.json
     with open(trial_dir / ATTEMPTS_FILE, "a", encoding="utf-8") as handle:
         handle.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} pid={os.getpid()}\n")
     with _RunLog(trial_dir / TRIAL_LOG, mode="a"):
@@ -59,9 +70,9 @@ def train_trial(params, spec):
                     f"params {chosen} (mbrec from {REPO_DIR}, pid {os.getpid()})")
         try:
             _fit_trial(spec, overrides, chosen, trial_dir, tune)
-        except Exception:
+        except Exception as error:  # noqa: BLE001 (recorded as the trial's failure; the sweep goes on)
             logger.exception(f"trial {trial_id} failed")
-            raise
+            write_json_atomic(trial_dir / FAILURE_FILE, {"error": f"{type(error).__name__}: {error}".splitlines()[0]})
 
 
 def _fit_trial(spec, overrides, chosen, trial_dir, tune):
@@ -72,7 +83,10 @@ def _fit_trial(spec, overrides, chosen, trial_dir, tune):
     built = setup_run(model_class, dataset_dir, settings, seed, spec["device"], with_test=False)
     trainer = getattr(model_class, "trainer_class", Trainer)(built.config, built.network, built.device)
 
+    reported = []
+
     def report(entry, best_score, best_epoch):
+        reported.append(float(entry["valid_score"]))
         metrics = {METRIC: float(entry["valid_score"]), "best_valid_score": float(best_score)}
         if entry.get("epoch") is not None:
             metrics["epoch"] = int(entry["epoch"])
@@ -89,6 +103,5 @@ def _fit_trial(spec, overrides, chosen, trial_dir, tune):
     finally:  # also when the scheduler stops the trial (SystemExit inside tune.report)
         checkpoint.unlink(missing_ok=True)  # the retrained best config is the product, not trial weights
     write_json_atomic(trial_dir / OUTCOME_FILE, {
-        **fit_summary, "params": chosen, "parameters": built.n_parameters,
+        **fit_summary, "params": chosen, "parameters": built.n_parameters, "validations": len(reported),
         "train_seconds": time.perf_counter() - start, "history": trainer.history})
-

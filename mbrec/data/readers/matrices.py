@@ -32,22 +32,49 @@ def _load_matrix(path):
     if not sp.issparse(matrix):
         raise DataPreparationError(f"{path}: expected a pickled scipy.sparse matrix, got {type(matrix).__name__}")
     coo = sp.coo_matrix(matrix)
-    coo.sum_duplicates()
-    keep = coo.data != 0  # explicit zeros are not interactions
-    return coo.row[keep].astype(np.int64), coo.col[keep].astype(np.int64), coo.data[keep], coo.shape
+    # A COO pickle may list one (user, item) cell twice; scipy would add the two timestamps.
+    # Keep the cell once, with its latest timestamp, and count the duplicates for the summary.
+    cells = coo.row.astype(np.int64) * coo.shape[1] + coo.col
+    order = np.lexsort((coo.data, cells))
+    last_of_cell = np.r_[cells[order][1:] != cells[order][:-1], True] if len(order) else np.zeros(0, bool)
+    unique = order[last_of_cell]
+    rows, cols, values = coo.row[unique], coo.col[unique], coo.data[unique]
+    keep = values != 0  # explicit zeros are not interactions
+    return (rows[keep].astype(np.int64), cols[keep].astype(np.int64), values[keep], coo.shape,
+            len(cells) - len(unique))
 
 
-def load_heldout(path):
-    """Held-out (users, items) from a ``tst_int`` list or a ``test_mat.pkl`` sparse matrix."""
+def _check_shapes(shapes):
+    """Every behavior matrix must be users x items of one dataset (a transposed one is refused)."""
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{behavior} {rows:,} x {cols:,}" for behavior, (rows, cols) in shapes.items())
+        raise DataPreparationError(
+            f"Format 'matrices': the behavior matrices differ in shape ({listed}); each must be the same "
+            f"users x items matrix of one dataset (is one transposed, or from another data set?)")
+
+
+def load_heldout(path, shape=None):
+    """Held-out (users, items) from a ``tst_int`` list or a ``test_mat.pkl`` sparse matrix, checked
+    against the behavior matrices' ``shape`` when given."""
     import scipy.sparse as sp
 
     loaded = load_pickle(path)
     if sp.issparse(loaded):
-        rows, cols, _, _ = _load_matrix(path)
+        rows, cols, _, held_shape, _ = _load_matrix(path)
+        if shape is not None and held_shape != shape:
+            raise DataPreparationError(
+                f"{path}: the held-out matrix is {held_shape[0]:,} x {held_shape[1]:,}, the behavior matrices "
+                f"{shape[0]:,} x {shape[1]:,}; it must be the same users x items (transposed, or another data set?)")
         return rows, cols
     if isinstance(loaded, (list, tuple, np.ndarray)):
         users = np.array([u for u, item in enumerate(loaded) if item is not None], dtype=np.int64)
         items = np.array([int(item) for item in loaded if item is not None], dtype=np.int64)
+        if shape is not None and (len(loaded) != shape[0]
+                                  or (len(items) and (items.min() < 0 or items.max() >= shape[1]))):
+            raise DataPreparationError(
+                f"{path}: the held-out list has {len(loaded):,} entries (one per user) and items "
+                f"{items.min(initial=0)}..{items.max(initial=0)}; the behavior matrices have {shape[0]:,} users "
+                f"and {shape[1]:,} items (another data set?)")
         return users, items
     raise DataPreparationError(f"{path}: expected a list (tst_int) or sparse matrix, got {type(loaded).__name__}")
 
@@ -61,11 +88,13 @@ def read_matrices(files, options):
     vocabulary = options["behaviors"]
     target = options.get("target_behavior")
     users, items, codes, stamps = [], [], [], []
+    shapes, duplicates = {}, 0
     for behavior, _ in sorted(options["files"].items(), key=lambda kv: str(kv[0])):
         if behavior not in vocabulary:
             raise DataPreparationError(
                 f"Option files names behavior {behavior!r}, not in the dataset's behaviors {vocabulary}")
-        rows, cols, values, _ = _load_matrix(files[behavior])
+        rows, cols, values, shapes[behavior], cell_duplicates = _load_matrix(files[behavior])
+        duplicates += cell_duplicates
         users.append(rows)
         items.append(cols)
         codes.append(np.full(len(rows), vocabulary.index(behavior), dtype=np.int8))
@@ -73,9 +102,10 @@ def read_matrices(files, options):
     users, items, codes = np.concatenate(users), np.concatenate(items), np.concatenate(codes)
     stamps = np.concatenate(stamps)
     stamps = whole_numbers_as_int(stamps) if stamps.dtype.kind == "f" else stamps.astype(np.int64)
-    dropped, notes, write_extra = {}, {}, None
+    _check_shapes(shapes)
+    dropped, notes, write_extra = {}, {"duplicate_cells_kept_latest": duplicates}, None
     if "heldout" in files:
-        held_users, held_items = load_heldout(files["heldout"])
+        held_users, held_items = load_heldout(files["heldout"], next(iter(shapes.values())))
         pair_base = max(int(items.max(initial=0)), int(held_items.max(initial=0))) + 1
         notes["heldout_in_own_history"] = int(np.isin(held_users * pair_base + held_items,
                                                       users * pair_base + items).sum())

@@ -32,7 +32,8 @@ from mbrec.reporting.tables.command import (
     add_statistics_arguments, build_table_parser, statistics_options, table_main,
 )
 from mbrec.reporting.tables.efficiency import (
-    EfficiencyRow, efficiency_plot, efficiency_table, efficiency_to_csv, efficiency_to_markdown, write_efficiency,
+    EfficiencyRow, efficiency_figure, efficiency_plot, efficiency_table, efficiency_to_csv, efficiency_to_markdown,
+    write_efficiency,
 )
 from mbrec.reporting.tables.footnotes import SELECTION_NOTE
 from mbrec.reporting.tables.formats import (
@@ -54,7 +55,7 @@ __all__ = [
     "MISSING_MARK", "NA_MARK", "NOT_APPLICABLE", "PERCENT", "PERCENT_DECIMALS", "P_VALUE_DIGITS", "SELECTION_NOTE",
     "UNKNOWN", "UNKNOWN_MARK", "VALUE", "Cell", "Comparison", "EfficiencyRow", "PartCount", "ResultTable",
     "add_statistics_arguments", "apply_correction", "build_split_tables", "build_table", "build_table_parser",
-    "collect_records", "comparisons_to_markdown", "default_tables_dir", "efficiency_plot", "efficiency_table",
+    "collect_records", "comparisons_to_markdown", "default_tables_dir", "efficiency_figure", "efficiency_plot", "efficiency_table",
     "efficiency_to_csv", "efficiency_to_markdown", "latex_escape", "repeat_counts", "repeat_counts_to_markdown",
     "split_repeat_to_markdown", "statistics_options", "table_main", "to_csv", "to_latex", "to_markdown",
     "write_efficiency", "write_split_tables", "write_tables",

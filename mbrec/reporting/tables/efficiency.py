@@ -108,12 +108,32 @@ def efficiency_to_csv(rows):
 PLOTTED_QUANTITIES = (("train_seconds_per_epoch", "train seconds / epoch"), ("eval_seconds", "eval seconds"),
                       ("peak_memory_mb", "peak memory MB (hatched: CPU RSS, else GPU)"))
 CPU_MEMORY_HATCH = "//"
+# What a panel or a bar says where runs have no value (rule-based models such as Pop do not train).
+EMPTY_PANEL_TEXT = {"train_seconds_per_epoch": "no model here trains\n(rule-based: no epochs)"}
+NO_VALUE_LABEL = {"train_seconds_per_epoch": "no training"}
 
 
 def efficiency_plot(records, path):
     """Grouped bar charts (datasets x models) of time per epoch, eval time and peak memory, as PNG.
 
     Written atomically; returns ``path``. Needs matplotlib (Agg backend, no display).
+    """
+    import matplotlib.pyplot as plt
+
+    figure = efficiency_figure(records)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=PLOT_DPI)
+    plt.close(figure)
+    return path
+
+
+def efficiency_figure(records):
+    """The matplotlib figure of :func:`efficiency_plot` (one panel per quantity).
+
+    A panel where no run has a value (time per epoch when no model trains: Pop, Recent) shows a
+    sentence instead of an empty 0-1 axis; a bar that is missing in a panel with others is
+    labelled so, rather than left as a gap.
     """
     import matplotlib
 
@@ -134,6 +154,10 @@ def efficiency_plot(records, path):
                        for dataset in datasets]
             bars = axis.bar(positions + index * bar_width,
                             [np.nan if height is None else height for height in heights], bar_width, label=model)
+            for bar, height in zip(bars, heights):
+                if height is None and any(getattr(row, name) is not None for row in rows):
+                    axis.text(bar.get_x() + bar.get_width() / 2, 0, NO_VALUE_LABEL.get(name, "n/a"),
+                              rotation=90, ha="center", va="bottom", fontsize="x-small")
             if name == "peak_memory_mb":
                 for bar, dataset in zip(bars, datasets):
                     row = lookup.get((dataset, model))
@@ -144,14 +168,14 @@ def efficiency_plot(records, path):
         axis.set_title(label)
         if not rows:
             axis.text(0.5, 0.5, "no runs", ha="center", va="center", transform=axis.transAxes)
+        elif all(getattr(row, name) is None for row in rows):  # nothing to draw: no meaningless axis
+            axis.set_axis_off()
+            axis.text(0.5, 0.5, EMPTY_PANEL_TEXT.get(name, "no values"), ha="center", va="center",
+                      transform=axis.transAxes)
     if models:
         axes[0].legend(fontsize="small")
     figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=PLOT_DPI)
-    plt.close(figure)
-    return path
+    return figure
 
 
 def write_efficiency(records, out_dir=None, stem=EFFICIENCY_STEM, plot=True):
