@@ -211,3 +211,29 @@ def test_behavior_aware_diffurecsys_uses_the_asked_behavior(tmp_path):
     result = train_and_test(tmp_path, "DiffuRecSysMB", behavior_rule_rows(), **{**TINY_DIFFUREC, "hidden_size": 32},
                             learning_rate=0.01, epochs=30, train_batch_size=128)
     assert result.metrics["recall@1"] > 0.9  # item-only models cannot beat ~1/3 here
+
+
+@pytest.mark.parametrize("model", ["DiffuRecSys", "DiffuRec"])
+def test_unit_guidance_scale_lets_the_approximator_read_x_t(tmp_path, model):
+    """lambda ~ 0.001 shrinks x_t to almost nothing in the guidance; ``guidance_scale: unit`` keeps it at full
+    scale, so replacing x_t moves the approximator's output far more (measured at initialisation)."""
+    changes = {}
+    for scale in ("lambda", "unit"):
+        config, network, _, test = tiny_model(tmp_path / scale, model, cycle_rows(), guidance_scale=scale)
+        network.eval()
+        batch = next(iter(SequenceLoader(config, test, 64, shuffle=False, training=False)))
+        history, padding = network.history_embedding(batch), network.padding_mask(batch)
+        steps = torch.full((history.size(0),), 3)
+        lambdas = network.sample_lambda(history.shape, "cpu")
+        torch.manual_seed(0)
+        x_t, other = torch.randn(2, history.size(0), 16)
+        reference = network.approximate_x0(history, padding, x_t, network.step_condition(steps), lambdas=lambdas)
+        replaced = network.approximate_x0(history, padding, other, network.step_condition(steps), lambdas=lambdas)
+        changes[scale] = ((replaced - reference).norm() / reference.norm()).item()
+    assert changes["unit"] > 10 * changes["lambda"]
+    assert changes["unit"] > 0.05
+
+
+def test_guidance_scale_rejects_unknown_values(tmp_path):
+    with pytest.raises(ValueError, match="guidance_scale must be one of"):
+        tiny_model(tmp_path, "DiffuRecSys", cycle_rows(), guidance_scale="half")

@@ -237,10 +237,10 @@ def test_bad_config_is_refused(built, model, overrides, message):
         built(model, **overrides)
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_each_baseline_overfits_a_tiny_dataset(built, model):
+@pytest.mark.parametrize("model, overrides", [*((model, {}) for model in MODELS), ("PBAT", dict(training="cloze"))])
+def test_each_baseline_overfits_a_tiny_dataset(built, model, overrides):
     """40 Adam steps on all training examples at once; then the slot query recovers every training target."""
-    config, network, train, _ = built(model, hidden_size=32, inner_size=64, mask_ratio=0.3)
+    config, network, train, _ = built(model, hidden_size=32, inner_size=64, mask_ratio=0.3, **overrides)
     n_examples = len(train.target_rows)
     batch = first_batch(config, train, size=n_examples)
     queries = first_batch(config, train, training=False, size=n_examples)  # the targets' behaviors, no targets
@@ -295,3 +295,46 @@ def test_pbat_is_causal_and_personalized(built):
     with torch.no_grad():
         network.pattern_mean.weight.normal_()  # the user shift is small at init: make it matter
     assert not torch.allclose(network.full_sort_predict(other_user), network.full_sort_predict(batch), atol=1e-4)
+
+
+def test_pbat_cloze_training_is_bidirectional_and_predicts_masked_history(built):
+    """``training: cloze`` (the authors' code): every masked position is a prediction and attention looks
+    both ways; ``causal`` (prefix unit) predicts the last position's next item only."""
+    scored = {}
+    for training in ("causal", "cloze"):
+        config, network, train, test = built("PBAT", training=training, mask_ratio=0.5, train_unit="prefix")
+        original_score = network.score
+        network.score = lambda mean, std, users, asked, _f=original_score: (
+            scored.__setitem__(training, len(users)) or _f(mean, std, users, asked))
+        batch = first_batch(config, train)
+        network.train()
+        network.calculate_loss(batch)
+        if training == "cloze":
+            assert network.item_mean.num_embeddings == network.n_items + 1  # + [mask]
+            network.eval()
+            lengths = batch["item_length"]
+            items = with_slot(batch["item_id_list"], lengths, network.mask_token)
+            behaviors = with_slot(batch["behavior_list"], lengths, 1)
+            padding = padding_after(lengths, items.size(1))
+            mean, _ = network.bidirectional_states(items, behaviors, batch["user_id"], padding)
+            later = items.clone()
+            rows = torch.arange(len(lengths))
+            later[rows, lengths - 1] = 1 + items[rows, lengths - 1] % (network.n_items - 1)  # another latest item
+            moved, _ = network.bidirectional_states(later, behaviors, batch["user_id"], padding)
+            assert not torch.allclose(mean[:, 0], moved[:, 0], atol=1e-5)  # the first position sees the latest
+    assert scored["causal"] == 16  # one prediction per example
+    assert scored["cloze"] > 16  # the slot of each example plus masked history positions
+
+
+def test_pbat_refuses_unknown_training(built):
+    with pytest.raises(ValueError, match="training must be one of"):
+        built("PBAT", training="bert")
+
+
+@pytest.mark.parametrize("unit", ["prefix", "sequence"])
+def test_pbat_cloze_runs_through_the_runner_in_both_training_units(tmp_path, unit):
+    from tests.test_runner import tiny_run
+
+    record = tiny_run(tmp_path, model="PBAT", hidden_size=16, inner_size=32, n_layers=1, epochs=1,
+                      training="cloze", train_unit=unit)
+    assert 0.0 <= record["results"]["behavior_specific"]["metrics"]["ndcg@10"] <= 1.0

@@ -344,3 +344,39 @@ def test_untold_beam_is_shared_between_next_item_and_behavior_item_until_the_wei
     other = eval_batch(config, valid, behavior_hint=None, size=5)  # another batch is not served from the memo
     with torch.no_grad():
         assert model.full_sort_predict_behavior_item(other).shape[0] == 5
+
+
+@pytest.mark.parametrize("placement", ["append", "prepend", "none"])
+def test_user_token_placement(rule_data, placement):
+    """``user_token``: after the latest interaction (ours), first (the paper), or absent; only then do scores
+    not depend on who the user is."""
+    config, model, _, valid, _ = rule_data(user_token=placement)
+    model.eval()
+    batch = eval_batch(config, valid)
+    tokens, token_behaviors = model.encoder_inputs(batch)
+    length = batch["item_length"]
+    is_user = tokens >= model.layout.user_offset
+    assert tokens.shape == (8, 1 + 4 * 6)
+    if placement == "none":
+        assert not is_user.any()
+    else:
+        assert is_user.sum(dim=1).tolist() == [1] * 8
+        where = is_user.int().argmax(dim=1)
+        assert where.tolist() == ([0] * 8 if placement == "prepend" else (4 * length).tolist())
+        start = 1 if placement == "prepend" else 0
+        for row in range(8):  # the history keeps its behaviors beside its tokens
+            behaviors = token_behaviors[row, start:start + 4 * length[row]:4]
+            assert torch.equal(behaviors, batch["behavior_list"][row, :length[row]])
+    other_users = batch["user_id"] + 1
+    with torch.no_grad():
+        memory, _ = model.encode(batch)
+        original_users = batch["user_id"].clone()
+        batch["user_id"] = other_users
+        moved, _ = model.encode(batch)
+        batch["user_id"] = original_users
+    assert torch.allclose(memory, moved) == (placement == "none")
+
+
+def test_user_token_rejects_unknown_placement(rule_data):
+    with pytest.raises(ValueError, match="user_token must be one of"):
+        rule_data(user_token="middle")

@@ -280,7 +280,8 @@ def _train_and_record_measured(model, model_class, canonical, dataset_dir, setti
         vectors_file = save_item_vectors(network, dataset, Path(settings["save_item_vectors"]))
         integrity.write_vectors_provenance(vectors_file, integrity.vectors_provenance(
             vectors_file, model, seed, key, dataset_dir, built.protocol, built.protocol_fingerprint))
-    checkpoint.unlink(missing_ok=True)  # the record is the product; weights are not kept (their hash is)
+    if not settings.get("keep_checkpoint"):
+        checkpoint.unlink(missing_ok=True)  # the record is the product; weights are not kept (their hash is)
 
     train_epochs = [entry["train_seconds"] for entry in trainer.history]
     record = {
@@ -303,6 +304,8 @@ def _train_and_record_measured(model, model_class, canonical, dataset_dir, setti
         "model_notes": getattr(network, "run_notes", None),  # what the model ran with (e.g. M3BSR: ID-only)
         "item_vectors": built.item_vectors,  # provenance of the vectors MBGen's semantic IDs were built from
         "test_lock": test_lock,
+        # kept (keep_checkpoint=True) for probes that re-score the selected weights without retraining
+        "checkpoint": str(checkpoint) if settings.get("keep_checkpoint") else None,
         "sampling_spread": sampling_spread,
         "efficiency": {
             "parameters": n_parameters,

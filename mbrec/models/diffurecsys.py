@@ -21,6 +21,9 @@ delta)`` drawn elementwise per history position, in training and at inference:
   hidden states; residual), then self-attention and a ReLU feed-forward, all pre-LN. The
   public code feeds every block the original input, so only its last block counts; here the
   blocks are stacked as the paper describes.
+- ``guidance_scale: unit`` (in neither paper): ``c_i = x_s + d_s`` without lambda. With
+  lambda ~ 0.001 the guidance is near zero, the cross-attention near uniform, and the
+  approximator barely reads ``x_s`` (``benchmarks/diffusion_xt_probe.py`` measures how much).
 - ``offset_noise_scale > 0`` ("Modified V2", Eq. 17): the forward noise is ``N(scale * delta_c,
   I)`` in training only; reverse sampling always uses standard normal noise.
 
@@ -50,6 +53,7 @@ from mbrec.layers.diffusion import GaussianDiffusion, TimestepEncoder, beta_sche
 FFN_EXPANSION = 4                   # Transformer feed-forward width = 4 * hidden (Vaswani et al.)
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 ITEM_EMBEDDING_INITS = ("normal", "xavier")
+GUIDANCE_SCALES = ("lambda", "unit")  # c = lambda * (x_t + d) (the papers) | x_t + d (an option, see the README)
 REFERENCE_STEPS = 1000.0            # the step index is rescaled to 1000/T units for the sinusoid
 
 
@@ -99,6 +103,9 @@ class DiffuRecSys(SeededSampling, PredictFromFullSort, SequentialRecommender):
         self.offset_noise_delta = config["offset_noise_delta"]
         self.reverse_variance = config["reverse_variance"]
         self.sampler = config["sampler"]
+        self.guidance_scale = config["guidance_scale"]
+        if self.guidance_scale not in GUIDANCE_SCALES:
+            raise ValueError(f"guidance_scale must be one of {GUIDANCE_SCALES}, got {self.guidance_scale!r}")
         self.ddim_skip = config["ddim_skip"]
         self.init_sampling(config)
         if config["hidden_act"] not in ACTIVATIONS:
@@ -164,9 +171,12 @@ class DiffuRecSys(SeededSampling, PredictFromFullSort, SequentialRecommender):
 
     def approximate_x0(self, history, padding_mask, x_t, condition, behavior=None, lambdas=None):
         """``x0_hat = f_theta(history | x_t, d, behavior)``: [B, H]."""
-        if lambdas is None:
-            lambdas = self.sample_lambda(history.shape, history.device)
-        guidance = lambdas * (x_t + condition).unsqueeze(1)  # [B, L, H]
+        if self.guidance_scale == "unit":  # the option: x_t + d at full scale, so the query can follow x_t
+            guidance = (x_t + condition).unsqueeze(1).expand_as(history)  # [B, L, H]
+        else:
+            if lambdas is None:
+                lambdas = self.sample_lambda(history.shape, history.device)
+            guidance = lambdas * (x_t + condition).unsqueeze(1)  # [B, L, H]
         if behavior is not None:
             guidance = guidance + behavior.unsqueeze(1)
         hidden = history if self.use_cross_attention else history + guidance

@@ -4,7 +4,8 @@ Liu, Hou, McAuley, "Multi-Behavior Generative Recommendation" (CIKM 2024, arXiv 
 Every interaction becomes the tokens ``[behavior, c1, c2, c3]`` (the item's digits from an
 :mod:`item tokenizer <mbrec.data.item_tokenizers>`, Section 3.2). An encoder-decoder Transformer
 with T5 relative position bias reads ``[b_1, c1_1, c2_1, c3_1, ..., b_t, c1_t, c2_t, c3_t, user]`` (the user
-token, a hash of the user id modulo ``n_user_buckets``, follows the latest interaction) and generates the next interaction
+token, a hash of the user id modulo ``n_user_buckets``, follows the latest interaction; ``user_token``
+moves it first, as the paper, or drops it) and generates the next interaction
 ``[b, c1, c2, c3]`` token by token (Eq. 1-3: predict the behavior, then the item given it), trained
 with next-token cross-entropy (Eq. 4) on every training prefix.
 
@@ -61,6 +62,8 @@ from mbrec.models import PredictFromFullSort
 OUTSIDE_BEAM_MARGIN = 1.0  # items outside the beam score this far below the row's weakest beam item
 MAX_MEMO_BATCHES = 100_000  # bound on the told-nothing beams kept between the two untold tasks' passes
 USER_HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash: spreads consecutive user ids over the buckets
+# where the user token goes: after the latest interaction (ours), first (the paper), or nowhere
+USER_TOKEN_PLACEMENTS = ("append", "prepend", "none")
 
 
 class MBGen(PredictFromFullSort, SequentialRecommender):
@@ -94,6 +97,11 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
                                                                                      n_decoder_layers):
             raise ValueError("behavior_injection_layers must be between 1 and the number of layers of each stack")
 
+        self.user_token = str(config["user_token"])
+        if self.user_token not in USER_TOKEN_PLACEMENTS:
+            raise ValueError(f"user_token must be one of {USER_TOKEN_PLACEMENTS}, got {self.user_token!r}")
+        if int(config["n_user_buckets"]) < 1:
+            raise ValueError(f"n_user_buckets must be >= 1, got {config['n_user_buckets']}")
         self.tokenizer = build_item_tokenizer(config, list(dataset.field2id_token[self.ITEM_ID]))
         self.layout = TokenLayout(self.n_behaviors - 1, self.tokenizer.level_sizes, int(config["n_user_buckets"]))
         self.n_slots = 1 + self.tokenizer.n_levels  # behavior + digits: the decoder generates these
@@ -144,19 +152,27 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
     def encoder_inputs(self, interaction):
         """``[B, n_slots * L + 1]`` tokens and the behavior of each token (0 for the user token and padding).
 
-        Chronological history, then the user token right after the latest interaction (then
-        padding): T5 has no absolute positions, so the user token marks where the history ends
-        and the latest interaction always sits at the same relative distance from it.
+        ``user_token: append`` (default): chronological history, then the user token right after the
+        latest interaction (then padding): T5 has no absolute positions, so the user token marks
+        where the history ends and the latest interaction always sits at the same relative distance
+        from it. ``prepend``: the user token first, as the paper (Sec. 3.3). ``none``: no user token
+        (its column is padding).
         """
         items, behaviors = interaction[self.ITEM_SEQ], interaction[self.BEHAVIOR_SEQ]  # [B, L]
         batch_size = items.size(0)
         history = self.interaction_tokens(items, behaviors).flatten(1)  # [B, n_slots * L]
         token_behaviors = torch.where(items > 0, behaviors, torch.zeros_like(behaviors))
         token_behaviors = token_behaviors.repeat_interleave(self.n_slots, dim=1)  # [B, n_slots * L]
-        tokens = torch.cat([history, history.new_zeros(batch_size, 1)], dim=1)  # [B, n_slots * L + 1]
-        token_behaviors = torch.cat([token_behaviors, token_behaviors.new_zeros(batch_size, 1)], dim=1)
-        end = (self.n_slots * interaction[self.ITEM_SEQ_LEN]).view(batch_size, 1)  # first slot after the history
-        tokens.scatter_(1, end, self.user_tokens(interaction[self.USER_ID]).view(batch_size, 1))
+        extra = history.new_zeros(batch_size, 1)  # the user token's column (PAD with user_token: none)
+        no_behavior = token_behaviors.new_zeros(batch_size, 1)  # the user token carries no behavior
+        if self.user_token == "prepend":  # the paper (Sec. 3.3): the user token opens the input
+            extra[:, 0] = self.user_tokens(interaction[self.USER_ID])
+            return torch.cat([extra, history], dim=1), torch.cat([no_behavior, token_behaviors], dim=1)
+        tokens = torch.cat([history, extra], dim=1)  # [B, n_slots * L + 1]
+        token_behaviors = torch.cat([token_behaviors, no_behavior], dim=1)
+        if self.user_token == "append":
+            end = (self.n_slots * interaction[self.ITEM_SEQ_LEN]).view(batch_size, 1)  # first slot after the history
+            tokens.scatter_(1, end, self.user_tokens(interaction[self.USER_ID]).view(batch_size, 1))
         return tokens, token_behaviors
 
     # ------------------------------------------------------------------ network
