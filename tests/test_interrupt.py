@@ -23,7 +23,11 @@ def test_ctrl_c_during_training_prints_one_line_and_leaves_no_orphans(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     stderr_file = tmp_path / "stderr.txt"  # a file, not a pipe: a full pipe would block the child's logging
     with open(stderr_file, "w", encoding="utf-8") as stderr:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        # SIG_DFL for SIGINT in the child: a test process started in the background (`cmd &` in a
+        # non-interactive shell) ignores SIGINT, the child would inherit that, and Python then installs
+        # no KeyboardInterrupt handler; a user's terminal always delivers Ctrl+C.
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + CHECKPOINT_WAIT_S
         while not list(results.glob("runs/*/SASRec/*.pth")):  # the first validation has written the selected weights

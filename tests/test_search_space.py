@@ -86,3 +86,19 @@ def test_tune_without_ray_says_how_to_install(monkeypatch, capsys):
     code = tune.tune_main(["--model", "SASRec", "--dataset", "synthetic"])
     assert code == 2
     assert 'pip install -e ".[tune]"' in capsys.readouterr().err
+
+
+def test_a_suite_wide_key_of_another_model_is_accepted_in_a_sweep(tmp_path):
+    """A suite's shared override (GRU4Rec's embedding_size) reaches every entry's sweep: refused as misspelt
+    for BERT4Rec alone, accepted when the suite's models are named, and the trials get the same list."""
+    overrides = {**TINY_DATA, "embedding_size": 16}
+    with pytest.raises(ConfigError, match="unknown config key 'embedding_size'"):
+        tune.plan_sweep("BERT4Rec", "synthetic", overrides=overrides, cache_dir=tmp_path / "cache",
+                        results_dir=tmp_path / "results")
+    spec, _ = tune.plan_sweep("BERT4Rec", "synthetic", overrides=overrides, cache_dir=tmp_path / "cache",
+                              results_dir=tmp_path / "results", command_models=["BERT4Rec", "GRU4Rec"])
+    assert spec["command_models"] == ["BERT4Rec", "GRU4Rec"]
+    named, _ = tune.plan_sweep("BERT4Rec", "synthetic", overrides={**TINY_DATA, "embedding_size": 16},
+                               cache_dir=tmp_path / "cache", results_dir=tmp_path / "results",
+                               command_models=["GRU4Rec"])
+    assert named["name"] == spec["name"]  # the list changes no setting, so not the sweep's name either

@@ -180,7 +180,8 @@ def plan_suite(suite, args, results_dir):
                 continue
             grid_file = derive_grid(suite, entry, settings, results_dir)
             spec, sweep_dir = plan_sweep(entry.model, dataset, grid_file, (), settings, suite.tuning_seed, None,
-                                         options, None, args.device, args.data_path, args.cache_dir, results_dir)
+                                         options, None, args.device, args.data_path, args.cache_dir, results_dir,
+                                         suite_models(suite))
             step = SweepStep(entry, dataset, settings, grid_file, sweep_dir, name=spec["name"])
             _sweep_state(step)
             sweeps[(entry.name, dataset)] = step
@@ -312,7 +313,7 @@ def run_suite(suite, args, results_dir):
                     summary = sweep(step.entry.model, step.dataset, step.grid_file, (), step.settings,
                                     suite.tuning_seed, None, sweep_options(suite, args), None, args.device,
                                     args.data_path, args.cache_dir, results_dir, resume=step.resume,
-                                    ray_address=args.ray_address, retrain=False)
+                                    ray_address=args.ray_address, retrain=False, command_models=suite_models(suite))
                 except USER_ERRORS as error:
                     failures.append(f"sweep {step.entry.name} on {step.dataset}: {error}")
                     continue

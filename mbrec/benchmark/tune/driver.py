@@ -257,14 +257,14 @@ def retrain_best(spec, best, sweep_dir, device=None):
 
 def sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=None, epochs=None, cli_options=None,
           name=None, device="auto", data_path=None, cache_dir=None, results_dir=None, resume=False,
-          retry_failed=False, ray_address=None, retrain=True, callbacks=()):
+          retry_failed=False, ray_address=None, retrain=True, callbacks=(), command_models=()):
     """Plan, run (or resume), summarize and retrain the best config; return the summary dict.
 
     The arguments mirror ``run_benchmark.py tune`` (see :func:`build_tune_parser`).
     """
     require_ray()  # before any work: a missing Ray is the first thing to tell
     spec, sweep_dir = plan_sweep(model, dataset, grid, config_files, overrides, seed, epochs, cli_options, name,
-                                 device, data_path, cache_dir, results_dir)
+                                 device, data_path, cache_dir, results_dir, command_models)
     experiment_dir = sweep_dir / TRIALS_DIRNAME
     if resume:
         if not (sweep_dir / SPEC_FILE).is_file():

@@ -101,8 +101,12 @@ def sweep_options(space, cli_options=None):
 
 
 def plan_sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=None, epochs=None,
-               cli_options=None, name=None, device="auto", data_path=None, cache_dir=None, results_dir=None):
+               cli_options=None, name=None, device="auto", data_path=None, cache_dir=None, results_dir=None,
+               command_models=()):
     """Check a sweep's inputs and return its spec (a JSON-able dict) and its folder.
+
+    ``command_models``: the other models of the same command or suite (a shared override one of them
+    knows is not refused as misspelt; see :func:`mbrec.config.merge_layers`).
 
     Raises ConfigError (and the runner's other user errors) on an unknown model, dataset,
     grid file, grid parameter or sweep option; prepares the dataset so trials find it cached.
@@ -118,7 +122,7 @@ def plan_sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=
         overrides["epochs"] = int(epochs)
     if seed is not None:
         overrides["seed"] = int(seed)
-    settings = merge_layers(model, dataset, config_files, overrides)
+    settings = merge_layers(model, dataset, config_files, overrides, command_models)
     _, dataset_dir = prepare_data(dataset, settings, data_path, cache_dir)
     config = build_config(model_class, dataset_dir, settings)
     check_names(space, settings, config.final_config_dict, model)
@@ -135,6 +139,7 @@ def plan_sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=
         "options": options,
         "overrides": overrides,
         "config_files": [str(Path(path).resolve()) for path in config_files],
+        "command_models": list(command_models),  # not in the sweep's name: it changes no setting
         # the user's dataset declarations (--dataset-file), for trials and --resume
         "dataset_files": [str(path) for path in sorted(declared_dataset_files().values())],
         "seed": int(settings["seed"]),

@@ -77,7 +77,8 @@ def train_trial(config, spec):
 
 def _fit_trial(spec, overrides, chosen, trial_dir, tune):
     model_class = registry.get_model_class(spec["model"])
-    settings = merge_layers(spec["model"], spec["dataset"], spec["config_files"], overrides)
+    settings = merge_layers(spec["model"], spec["dataset"], spec["config_files"], overrides,
+                            spec.get("command_models", ()))
     seed = int(settings["seed"])
     _, dataset_dir = prepare_data(spec["dataset"], settings, spec["data_path"], spec["cache_dir"])
     built = setup_run(model_class, dataset_dir, settings, seed, spec["device"], with_test=False)
