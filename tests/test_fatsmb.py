@@ -134,6 +134,18 @@ def test_null_behavior_uses_only_shared_experts():
     assert not torch.allclose(moe(x, torch.full((5,), 2)), output)
 
 
+def test_task_routed_moe_under_bf16_autocast_returns_the_experts_dtype():
+    """fp32 input, bf16 expert and gate outputs (autocast's linear layers): no dtype mix."""
+    torch.manual_seed(2)
+    moe = TaskRoutedMoE(dim=8, n_tasks=3, n_shared=1, n_private=2)
+    x = torch.randn(6, 8)
+    task = torch.tensor([0, 2, 0, 1, 3, 2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = moe(x, task)
+    assert output.dtype == torch.bfloat16
+    assert torch.allclose(output.float(), moe(x, task), atol=0.05)  # the fp32 mixture, to bf16's precision
+
+
 # ----- classifier-free guidance inside the sampler (Eq. 17) ---------------------------------------
 
 @pytest.mark.parametrize("sign, weight", [("minus", 1.0), ("minus", 0.0), ("plus", 0.5)])

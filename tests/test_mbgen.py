@@ -145,6 +145,19 @@ def test_position_routed_ffn_sends_each_token_to_its_expert():
         assert torch.allclose(output[:, slot], moe.experts[slot](x[:, slot]))
 
 
+def test_position_routed_ffn_under_bf16_autocast_returns_the_experts_dtype():
+    """fp32 input (e.g. an RMSNorm output), bf16 expert outputs (autocast's linear layers): no dtype mix."""
+    torch.manual_seed(0)
+    moe = PositionRoutedFFN([FeedForward(4, 8, 4, 0.0) for _ in range(3)])
+    x = torch.randn(2, 3, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = moe(x, routes=torch.arange(3))
+        expected = [moe.experts[slot](x[:, slot]) for slot in range(3)]
+    assert output.dtype == torch.bfloat16
+    for slot in range(3):
+        assert torch.equal(output[:, slot], expected[slot])
+
+
 # ----- the model ----------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -312,6 +325,15 @@ def test_small_mbgen_overfits_a_tiny_dataset(rule_data, tmp_path):
     assert after["behavior_specific"].metrics["recall@1"] > 0.6
     assert after["behavior_specific"].metrics["recall@5"] > 0.9
     assert after["behavior_item"].metrics["recall@5"] > 0.8
+
+
+def test_mbgen_trains_in_bf16(rule_data, tmp_path):
+    """``precision: bf16`` (the trainer's autocast) trains MBGen; the weights stay fp32."""
+    config, model, train, valid, _ = rule_data(n_users=30, epochs=1, precision="bf16")
+    trainer = ScheduledTrainer(config, model, torch.device("cpu"))
+    trainer.fit(train, valid, tmp_path / "mbgen.pth")
+    assert len(trainer.history) == 1 and math.isfinite(trainer.history[0]["loss"])
+    assert all(parameter.dtype == torch.float32 for parameter in model.parameters())
 
 
 def test_untold_beam_is_shared_between_next_item_and_behavior_item_until_the_weights_change(rule_data):

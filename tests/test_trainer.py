@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mbrec import registry
-from mbrec.training.trainer import Trainer
+from mbrec.training.trainer import PRECISIONS, Trainer
 from mbrec.data import dataset as dataset_module
 from mbrec.data.dataset import MultiBehaviorSequentialDataset
 from mbrec.evaluation import Evaluator
@@ -134,6 +134,33 @@ def test_training_records_data_wait_and_runs_in_bf16(tmp_path, precision):
         assert entry["loss"] == entry["loss"] and entry["loss"] > 0  # finite, not NaN
     with pytest.raises(ValueError, match="precision"):
         Trainer(make_config("SASRec", tmp_path / "tiny", precision="fp8"), network, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("model", ["FatsMB", "M3BSR", "DiffuRecSys", "DiffuRecSysMB", "PBAT", "MBSTR", "BERT4Rec_MB",
+                                   "SASRec_MB"])
+def test_multi_behavior_models_take_a_bf16_training_step(tmp_path, model):
+    """One batch's loss and backward under the trainer's bf16 autocast, in every training stage (MBGen: test_mbgen)."""
+    from tests.test_diffusion import TINY_DIFFUREC
+    from tests.test_fatsmb import TINY_FATSMB
+    from tests.test_m3bsr import TINY_M3BSR
+    from tests.test_mb_baselines import TINY
+    from tests.test_runner import behavior_rule_rows
+
+    tiny = {"FatsMB": TINY_FATSMB, "M3BSR": TINY_M3BSR, "DiffuRecSys": TINY_DIFFUREC,
+            "DiffuRecSysMB": TINY_DIFFUREC}.get(model, TINY)
+    config = make_config(model, write_inter(tmp_path, "rule", behavior_rule_rows(n_users=30)),
+                         **{**tiny, "precision": "bf16"})
+    train, _, _ = MultiBehaviorSequentialDataset(config).build()
+    network = registry.get_model_class(model)(config, train)
+    trainer = getattr(network, "trainer_class", Trainer)(config, network, torch.device("cpu"))
+    for stage in getattr(network, "training_stages", [None]):
+        if stage is not None:
+            network.set_stage(stage)
+        with torch.autocast("cpu", dtype=PRECISIONS[trainer.precision]):
+            loss = network.calculate_loss(next(iter(trainer.train_loader(train))))
+        loss = sum(loss) if isinstance(loss, tuple) else loss
+        assert torch.isfinite(loss), stage
+        loss.backward()
 
 
 def test_training_runs_without_autograd_anomaly_detection(tmp_path):

@@ -15,6 +15,19 @@ from torch import nn
 NULL_TASK = 0
 
 
+def put_expert_rows(output, selected, rows, leading_shape):
+    """``output[selected] = rows``, creating ``output [*leading_shape, D]`` from the first expert's ``rows``.
+
+    The output takes the experts' dtype, not the input's: under ``torch.autocast`` (bf16 training)
+    the experts' linear layers return bf16 while the input may be fp32 (e.g. a LayerNorm output),
+    and a dense layer in the same place would return bf16 too. In fp32 both dtypes agree.
+    """
+    if output is None:
+        output = rows.new_zeros(*leading_shape, rows.size(-1))
+    output[selected] = rows
+    return output
+
+
 class TaskRoutedMoE(nn.Module):
     """``[N, D]`` inputs with task ids ``[N]`` (0 = null, 1..n_tasks) -> ``[N, D]``; each expert is ``Linear(D, D)``."""
 
@@ -37,11 +50,11 @@ class TaskRoutedMoE(nn.Module):
         if unknown.any():
             raise ValueError(f"task ids must lie in 0..{self.n_tasks}, got {task[unknown].unique().tolist()}")
         shared = torch.stack([expert(x) for expert in self.shared_experts], dim=1)  # [N, n_shared, D]
-        output = torch.zeros_like(x)
+        output = None
         null = task == NULL_TASK
         if null.any():  # Eq. 20: shared experts only
             weights = torch.softmax(self.null_gate(x[null]), dim=-1)  # [n, n_shared]
-            output[null] = (weights.unsqueeze(-1) * shared[null]).sum(dim=1)
+            output = put_expert_rows(output, null, (weights.unsqueeze(-1) * shared[null]).sum(dim=1), x.shape[:-1])
         for task_id in range(1, self.n_tasks + 1):
             selected = task == task_id
             if not selected.any():
@@ -50,8 +63,9 @@ class TaskRoutedMoE(nn.Module):
             private = [expert(inputs) for expert in self.private_experts[task_id - 1]]
             experts = torch.cat([shared[selected], *(out.unsqueeze(1) for out in private)], dim=1)  # [n, E, D]
             weights = torch.softmax(self.task_gates[task_id - 1](inputs), dim=-1)  # Eq. 18: [n, E]
-            output[selected] = (weights.unsqueeze(-1) * experts).sum(dim=1)  # Eq. 19
-        return output
+            output = put_expert_rows(output, selected, (weights.unsqueeze(-1) * experts).sum(dim=1),  # Eq. 19
+                                     x.shape[:-1])
+        return torch.zeros_like(x) if output is None else output  # None: no rows at all
 
 
 class PositionRoutedFFN(nn.Module):
@@ -82,10 +96,7 @@ class PositionRoutedFFN(nn.Module):
             if not selected.any():
                 continue
             vectors = None if behavior_vectors is None else behavior_vectors[selected]
-            result = expert(x[selected], vectors)  # [n, D]
-            if output is None:
-                output = x.new_zeros(*x.shape[:-1], result.size(-1))
-            output[selected] = result
+            output = put_expert_rows(output, selected, expert(x[selected], vectors), x.shape[:-1])  # [B, S, D]
         return output
 
 class BehaviorConditionedRouter(nn.Module):
