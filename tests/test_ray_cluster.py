@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("ray")
 
+from mbrec import results as store  # noqa: E402
 from mbrec.utils import REPO_DIR  # noqa: E402
 
 # Seconds a `ray start` / `ray stop` / join may take on a busy machine.
@@ -42,9 +43,11 @@ def processes_using(folder):
     return pids
 
 
-@pytest.fixture
-def ray_head(tmp_path):
-    """A `ray start --head` on a free port; HOME in tmp_path, so its token file is the test's own."""
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A `ray start --head` on a free port, one for this module's tests (starting one takes seconds);
+    HOME in its own temp folder, so its token file is the tests' own."""
+    tmp_path = tmp_path_factory.mktemp("ray_head")
     ray_cli = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
     env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
     env.update(HOME=str(tmp_path / "home"), PYTHONPATH=str(REPO_DIR))
@@ -86,3 +89,18 @@ def test_joins_a_ray_start_head_with_its_token_and_says_how_when_it_cannot(ray_h
     assert refused.returncode != 0
     last = refused.stderr.strip().splitlines()[-1]
     assert "ConfigError: cannot join the Ray cluster" in last and "RAY_AUTH_MODE=token" in last
+
+
+def test_a_grid_runs_on_a_ray_start_head_with_no_extra_environment(ray_head, tmp_path):
+    address, env = ray_head
+    results_dir = tmp_path / "results"
+    # the command a user types, in the user's environment (no RAY_* variables): Pop, two seeds, tiny data
+    ran = subprocess.run([sys.executable, "run_benchmark.py", "--models", "Pop", "--datasets", "synthetic",
+                          "--seeds", "1", "2", "--ray-address", address, "--no-progress",
+                          "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(results_dir),
+                          "prepare.size={n_users: 60, n_items: 50, n_categories: 5}", "eval_batch_size=64"],
+                         env=env, cwd=REPO_DIR, capture_output=True, text=True, timeout=RAY_COMMAND_TIMEOUT)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert f"joining {address} with token authentication" in ran.stderr  # ran on the head, not a local Ray
+    records = sorted(results_dir.glob("runs/*/Pop/*.json"))
+    assert {store.load_record(path)["seed"] for path in records} == {1, 2}
