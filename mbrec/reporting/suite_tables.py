@@ -75,8 +75,9 @@ def _task_table(suite, records, task):
                        datasets=suite.datasets)
 
 
-def suite_section(suite, records, plot_path=None, plot_link=None):
-    """The Markdown between the README markers (without the markers)."""
+def suite_section(suite, records, plot_path=None, plot_link=None, write_plot=True):
+    """The Markdown between the README markers (without the markers). The plot's link is part of the text
+    whether or not the plot file is (re)written now, so the text never depends on ``write_plot``."""
     if not records:
         return f"_Suite `{suite.name}`: {NOT_YET_RUN}._ `python run_benchmark.py suite {suite.name}` runs it.\n"
     parts = [f"Suite `{suite.name}` ({suite.path.name}): {suite.description}".rstrip(": ") + ".", "",
@@ -88,7 +89,8 @@ def suite_section(suite, records, plot_path=None, plot_link=None):
         parts += [f"#### {task}", "", to_markdown(table)]
     parts += ["#### Efficiency", "", efficiency_to_markdown(efficiency_table(records))]
     if plot_path is not None:
-        efficiency_plot(records, plot_path)
+        if write_plot:
+            efficiency_plot(records, plot_path)
         parts += [f"![efficiency of suite {suite.name}]({plot_link or plot_path})", ""]
     return "\n".join(parts)
 
@@ -134,14 +136,14 @@ def readme_text(section, claims):
 def suite_report(suite, results_dir, claims_file=CLAIMS_FILE, write_plot=True):
     """``(section, claims, problems)`` of a suite's stored records; ``claims`` is None without records."""
     records, problems = collect_suite_records(suite, results_dir)
-    plot = Path(results_dir) / PLOT_NAME if write_plot and records else None
+    plot = Path(results_dir) / PLOT_NAME if records else None
     link = None
     if plot is not None:
         try:
             link = plot.resolve().relative_to(REPO_DIR).as_posix()
         except ValueError:  # outside the repository (a test's tmp dir): link the file itself
             link = str(plot)
-    section = suite_section(suite, records, plot, link)
+    section = suite_section(suite, records, plot, link, write_plot)
     claims = None
     if records and claims_file is not None:
         claims = claims_to_markdown(evaluate_claims(load_claims(claims_file), records, suite.datasets))
