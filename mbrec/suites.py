@@ -71,6 +71,9 @@ class Suite:
     model_overrides: dict
     proposed: list
     description: str = ""
+    # every model of the suite file, kept by subset(): a suite-wide override is meant for whichever of them
+    # knows a key, so a key one of them knows is not refused as misspelt in a partial run either
+    file_models: list = field(default_factory=list)
 
     @property
     def tuning_seed(self):
@@ -182,7 +185,8 @@ def load_suite(name):
         raise SuiteError(f"{path}: 'proposed' names {missing}, which are not entries")
     return Suite(name=path.stem, path=path, datasets=[str(d) for d in content["datasets"]], seeds=seeds,
                  entries=entries, tuning=tuning, training=training, overrides=_mapping(path, content, "overrides"),
-                 model_overrides=model_overrides, proposed=proposed, description=str(content.get("description", "")))
+                 model_overrides=model_overrides, proposed=proposed, description=str(content.get("description", "")),
+                 file_models=list(dict.fromkeys(entry.model for entry in entries)))
 
 
 def entry_annotations(record, suite_name):

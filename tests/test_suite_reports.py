@@ -74,6 +74,7 @@ def test_a_subset_keeps_the_entry_an_ablation_is_tuned_from():
     part = cpu.subset(["FatsMB[pos=ape]", "Pop"], ["retailrocket_f10"])
     assert [entry.name for entry in part.entries] == ["Pop", "FatsMB", "FatsMB[pos=ape]"]
     assert part.datasets == ["retailrocket_f10"] and part.seeds == cpu.seeds
+    assert part.file_models == cpu.file_models and "GRU4Rec" in part.file_models  # for the config check
     assert cpu.subset().entries == cpu.entries
     with pytest.raises(SuiteError, match="no dataset variant"):
         cpu.subset(datasets=["nowhere"])

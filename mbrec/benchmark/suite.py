@@ -80,7 +80,7 @@ class SeedStep:
 def suite_models(suite):
     """Every model of the whole suite file (a subset run too): its suite-wide overrides are meant for
     whichever of them knows a key, so a key one of them knows is not refused as misspelt."""
-    return list(dict.fromkeys(entry.model for entry in suites.load_suite(suite.path).entries))
+    return suite.file_models  # read once with the file (was: the YAML re-read at every call)
 
 
 def entry_settings(suite, entry):
