@@ -7,8 +7,9 @@ the valid task and metric that select the checkpoint, the target behavior and th
 holds no model hyperparameter, no seed and no training setting (batch size, precision, epochs,
 ``train_unit``): those change how well a model does, not what is measured.
 
-The fingerprint is an extra field of the record, never part of the run key, so stored run keys
-stay valid. Records made before it existed get a protocol *derived* from their stored config;
+The fingerprint is an extra field of the record, never part of the run key (the run key holds the
+same content identity of the data, so a stored run is found again on any machine that prepares the
+same raw data). Records made before it existed get a protocol *derived* from their stored config;
 their data identity is then the prepared folder's fingerprint (which hashes the raw files' paths
 and times, not the content) and is marked as such, so a derived protocol never silently equals a
 recorded one.
@@ -35,9 +36,11 @@ SETTING_DEFAULTS = {
     "valid_metric": None,
     "target_behavior": None,
 }
-# Data identities: the sha256 of the prepared .inter file (recorded), or, for records made before
-# protocols were stored, the prepared folder's fingerprint (hashes raw paths/times, not content).
-CONTENT_PREFIX = "inter-sha256:"
+# Data identities: the sha256 of the prepared data files' content (recorded; .inter and .heldout),
+# or, for records made before protocols were stored, the prepared folder's fingerprint (hashes raw
+# paths/times, not content). Records of the first protocol version hashed the .inter file alone
+# ("inter-sha256:"); their identity differs from today's, so they are never mixed with new runs.
+CONTENT_PREFIX = "prepared-sha256:"
 DERIVED_PREFIX = "prepared-fingerprint:"
 UNKNOWN = "unknown"
 # How a record's protocol was obtained.
@@ -64,7 +67,7 @@ def protocol_of(dataset, data_identity, heldout, settings, tie_rule=TIE_RULE):
 
     Args:
         dataset: the canonical dataset name (``retailrocket``), not the prepared folder.
-        data_identity: ``inter-sha256:<hex>`` of the prepared interactions (see the prefixes).
+        data_identity: ``prepared-sha256:<hex>`` of the prepared data files (see the prefixes).
         heldout: the held-out handling the data was prepared with (None for formats without held-out items).
         settings: the run's merged settings (``mbrec.config.merge_layers``).
     """

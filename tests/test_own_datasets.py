@@ -77,6 +77,28 @@ def test_declared_dataset_prepares_and_plans_runs_under_its_own_name(tmp_path, c
     assert plan.settings["behaviors"] == ["click", "order"]  # the declaration is the dataset's config layer
 
 
+def test_run_key_follows_the_data_content_not_its_path_or_file_times(tmp_path, monkeypatch):
+    """Committed reference records must be found again on another machine, or after the raw data
+    was copied anew (new paths, new file times); a changed held-out list must change the key."""
+    from mbrec.data.declarations import use_dataset_files
+
+    def key_for(home_name, heldout=None):
+        home = tmp_path / home_name
+        write_shop_matrices(home / "raw", heldout=heldout)
+        (home / "my_shop.yaml").write_text(SHOP_YAML)
+        monkeypatch.delenv(DATASET_FILES_ENV, raising=False)  # one declaration of the name at a time
+        use_dataset_files([home / "my_shop.yaml"])
+        plan = plan_run("Pop", "my_shop", cache_dir=tmp_path / f"cache_{home_name}", results_dir=tmp_path / "r")
+        return plan.key, read_meta(plan.dataset_dir)["fingerprint"]
+
+    key_a, folder_fingerprint_a = key_for("machine_a")
+    key_b, folder_fingerprint_b = key_for("machine_b")
+    assert folder_fingerprint_a != folder_fingerprint_b  # the folder's own fingerprint hashes raw paths
+    assert key_a == key_b
+    key_c, _ = key_for("machine_c", heldout=[3, None, 0])
+    assert key_c != key_a
+
+
 def test_run_command_accepts_a_dataset_file(tmp_path, capsys):
     from mbrec.cli import main
 

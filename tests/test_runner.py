@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mbrec import results as store
+from mbrec.protocol import CONTENT_PREFIX
 from mbrec.benchmark.runner import run
 from mbrec.cli import main
 from mbrec.training.trainer import Trainer
@@ -38,7 +39,7 @@ def test_run_writes_a_complete_record_and_reuses_it(tmp_path):
     assert stored["results"]["behavior_item"] is None  # SASRec has no behavior head
     assert stored["efficiency"]["parameters"] > 0 and stored["versions"]["recbole"] == "1.2.1"
     protocol = stored["protocol"]  # what was measured: data by content, window, tasks, ...; no hyperparameter
-    assert protocol["dataset"] == "synthetic" and protocol["data"].startswith("inter-sha256:")
+    assert protocol["dataset"] == "synthetic" and protocol["data"].startswith(CONTENT_PREFIX)
     assert protocol["MAX_ITEM_LIST_LENGTH"] == 50 and protocol["valid_task"] == "behavior_specific"
     assert "hidden_size" not in protocol and "seed" not in protocol
     assert len(stored["protocol_fingerprint"]) == 12

@@ -1,8 +1,9 @@
 """Checks that stop a run before it measures the wrong thing, and what a run records about its protocol.
 
 * :func:`run_protocol`: the run's protocol and fingerprint (:mod:`mbrec.protocol`), with the
-  prepared interactions identified by the sha256 of their content (the folder's own fingerprint
-  hashes raw paths and times, so the same data prepared on two machines would look different);
+  prepared data identified by the sha256 of its content (:func:`prepared_data_identity`; the
+  folder's own fingerprint hashes raw paths and times, so the same data prepared on two machines,
+  or copied again with new file times, would look different). The run key uses the same identity;
 * :func:`check_valid_examples`: model selection needs valid examples for ``valid_task``; with none
   every valid score would be NaN and epoch 0 would be "selected" without a word;
 * item vectors for MBGen's semantic IDs carry a provenance file (:func:`vectors_provenance`) naming
@@ -12,12 +13,13 @@
   not their path, into the run key.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
 from mbrec.config import ConfigError
 from mbrec.data.dataset import DatasetError
-from mbrec.data.prepare import read_meta
+from mbrec.data.prepare import META_FILE, read_meta
 from mbrec.evaluation.metrics import TASKS
 from mbrec.protocol import CONTENT_PREFIX, describe_differences, protocol_fingerprint, protocol_of
 from mbrec.utils import file_sha256, write_json_atomic
@@ -41,9 +43,20 @@ def _cached_sha256(path):
 
 
 def prepared_data_identity(dataset_dir):
-    """``inter-sha256:<hex>`` of the prepared interactions of ``dataset_dir``."""
+    """``prepared-sha256:<hex>`` of the prepared data files of ``dataset_dir`` (by content).
+
+    Every data file of the folder counts (``.inter``, ``.heldout``: the held-out targets decide the
+    test split too), named by suffix, so the identity is the same wherever and whenever the same
+    raw data was prepared. ``meta.json`` does not count: it holds paths, times and reports.
+    """
     dataset_dir = Path(dataset_dir)
-    return CONTENT_PREFIX + _cached_sha256(dataset_dir / f"{dataset_dir.name}.inter")
+    parts = []
+    for path in sorted(dataset_dir.glob(f"{dataset_dir.name}.*")):
+        if path.is_file() and path.name != META_FILE:
+            parts.append(f"{path.suffix}:{_cached_sha256(path)}")
+    if not parts:
+        raise DatasetError(f"{dataset_dir}: no prepared data files")
+    return CONTENT_PREFIX + hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
 
 
 def run_protocol(dataset_dir, settings):

@@ -126,8 +126,10 @@ def plan_run(model, dataset, config_files=(), overrides=None, seed=None, data_pa
     cached_before = set(cache_root.iterdir()) if cache_root.is_dir() else set()
     canonical, dataset_dir = prepare_data(dataset, settings, data_path, cache_dir)
     results_dir = results_dir or store.default_results_dir()
+    # The data by content, not the prepared folder's fingerprint (raw paths and file times): the
+    # same data prepared elsewhere, or re-copied, must find the stored runs (committed records).
     key = store.run_key(model, dataset_dir.name, integrity.key_settings(settings), seed,
-                        read_meta(dataset_dir).get("fingerprint"))
+                        integrity.prepared_data_identity(dataset_dir))
     path = store.record_path(results_dir, model, dataset_dir.name, seed, key)
     return SimpleNamespace(settings=settings, seed=seed, canonical=canonical, dataset_dir=dataset_dir, key=key,
                            path=path, results_dir=results_dir, prepared_now=dataset_dir not in cached_before)
@@ -295,7 +297,8 @@ def _train_and_record_measured(model, model_class, canonical, dataset_dir, setti
         "seed": seed,
         "config": settings,
         "data": {key_: read_meta(dataset_dir).get(key_) for key_ in ("fingerprint", "n_rows", "n_users", "n_items")}
-        | {"users_after_filter": dataset.user_num - 1, "items": dataset.item_num - 1,
+        | {"content": integrity.prepared_data_identity(dataset_dir),
+           "users_after_filter": dataset.user_num - 1, "items": dataset.item_num - 1,
            "interactions": len(dataset.inter_feat), "behaviors": dataset.behavior_vocab,
            "target_behavior": config["target_behavior"]},
         "results": {task: (result.to_record() if result else None) for task, result in test_results.items()},
