@@ -17,8 +17,8 @@ from mbrec.benchmark.tune.plan import (
 )
 from mbrec.benchmark.tune.summary import build_summary, write_summary
 from mbrec.benchmark.tune.trial import (
-    ATTEMPTS_FILE, COMPLETED, FAILED, FAILURE_FILE, NOT_RUN, OUTCOME_FILE, STATUS_FILE, STOPPED, TRIAL_LOG,
-    train_trial, trial_dir_of, trial_dirname,
+    ATTEMPTS_FILE, COMPLETED, FAILED, FAILURE_FILE, NOT_RUN, OUTCOME_FILE, SECONDS_FILE, STATUS_FILE, STOPPED,
+    TRIAL_LOG, train_trial, trial_dir_of, trial_dirname,
 )
 from mbrec.config import ConfigError, deep_update
 from mbrec.utils import REPO_DIR, write_json_atomic
@@ -180,7 +180,8 @@ def collect_trials(spec):
 
     Keys: ``trial_id``, ``params`` (tied ones included), ``status`` (completed, stopped early,
     failed, unfinished), ``best_valid``, ``validations``, ``epochs_run``, ``attempts`` (starts),
-    ``history`` (what each ended attempt became), ``error`` (first line of the cause), ``log``, ``dir``.
+    ``history`` (what each ended attempt became), ``seconds`` (wall seconds over its ended attempts; None
+    before any attempt ended), ``error`` (first line of the cause), ``log``, ``dir``.
     """
     space, params_of = space_of(spec), trial_params(spec)
     trials = []
@@ -209,12 +210,28 @@ def collect_trials(spec):
             "validations": validations,
             "epochs_run": epochs_run,
             "attempts": len(attempts_file.read_text().splitlines()) if attempts_file.is_file() else 0,
+            "seconds": _trial_seconds(trial_dir),
             "history": history,
             "error": error if status == FAILED else None,
             "log": str(trial_dir / TRIAL_LOG),
             "dir": str(trial_dir),
         })
     return trials
+
+
+def _trial_seconds(trial_dir):
+    """The wall seconds of a trial's ended attempts (``seconds.log``), or None when none has ended.
+    An attempt whose worker was killed has no line: the sum is then a lower bound."""
+    path = trial_dir / SECONDS_FILE
+    if not path.is_file():
+        return None
+    values = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            values.append(float(line))
+        except ValueError:  # a line cut short by a killed worker
+            continue
+    return round(sum(values), 3) if values else None
 
 
 def _error_line(trial_dir):
