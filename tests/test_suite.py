@@ -109,6 +109,12 @@ def test_dry_run_of_a_new_suite_writes_nothing(tmp_path, capsys):
     assert snapshot(results) == before
 
 
+def test_an_unwritable_results_dir_is_refused_before_any_work(tmp_path, caplog):
+    (tmp_path / "a_file").write_text("")
+    assert suite_main(["ci", "--results-dir", str(tmp_path / "a_file" / "results"), "--device", "cpu"]) == 1
+    assert "cannot write results" in caplog.text and "Traceback" not in caplog.text
+
+
 def test_unknown_suite_is_one_line_error(tmp_path, caplog):
     assert suite_main(["no_such_suite", "--results-dir", str(tmp_path)]) == 1
     assert "Unknown suite" in caplog.text

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 from mbrec import results as store
 from mbrec.benchmark import suite as suite_runner
-from mbrec.benchmark.suite import PENDING, STORED, Estimator, SeedStep, SweepStep, progress_line, suite_estimator
+from mbrec.benchmark.suite import (PENDING, STORED, Estimator, SeedStep, SweepStep, duration, progress_line,
+                                   suite_estimator)
 from mbrec.benchmark.tune.driver import _trial_seconds
 from mbrec.reporting.suite_tables import cost_section, suite_report
 from mbrec.suite_costs import sweep_costs
@@ -96,6 +97,11 @@ def test_a_round_of_runs_updates_its_estimate_after_each_run(tmp_path, monkeypat
     first = next(message for message in caplog.messages if "seed 1: stored" in message)
     assert "1/2 done; about 2.0 core-hours left" in first
     assert suite_estimator(ci, steps, tmp_path).run_seconds("SASRec", "synthetic_ci") == 2 * HOUR  # annotated
+
+
+def test_plan_durations_never_read_as_free():
+    assert duration(20) == "<1 min" and duration(0) == "<1 min"
+    assert duration(30 * 60) == "~30 min" and duration(5 * HOUR) == "~5.0 h"
 
 
 # --- trial times ---------------------------------------------------------------------------------

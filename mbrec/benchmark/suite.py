@@ -300,6 +300,13 @@ def suite_estimator(suite, seed_runs, results_dir):
     return Estimator([(mark, seconds) for mark, seconds, _ in named] + unnamed, trials)
 
 
+def duration(seconds):
+    """A plan line's estimate: minutes, or hours past two (``~0 min`` would read as free)."""
+    if seconds < 60:
+        return "<1 min"
+    return f"~{seconds / 60:.0f} min" if seconds < 2 * 3600 else f"~{seconds / 3600:.1f} h"
+
+
 def describe_plan(suite, sweeps, seed_runs, estimator):
     lines = [f"suite {suite.name}: {len(suite.datasets)} dataset(s) x {len(suite.entries)} entries x "
              f"{len(suite.seeds)} seeds; tuning {suite.tuning['trials']} trials per learned entry on seed "
@@ -309,12 +316,12 @@ def describe_plan(suite, sweeps, seed_runs, estimator):
         estimate = estimator.sweep_seconds(step.entry.name, step.dataset, suite.tuning["trials"])
         lines.append(f"  sweep {step.entry.name:<24} {step.dataset:<18} {step.state}"
                      + (" (resume)" if step.resume else "")
-                     + (f" (~{estimate / 60:.0f} min)" if step.state == PENDING and estimate else "")
+                     + (f" ({duration(estimate)})" if step.state == PENDING and estimate is not None else "")
                      + f"  [{step.sweep_dir}]")
     for step in seed_runs:
         estimate = estimator.run_seconds(step.entry.name, step.dataset)
         lines.append(f"  run   {step.entry.name:<24} {step.dataset:<18} seed {step.seed:<6} {step.state}"
-                     + (f" (~{estimate / 60:.0f} min)" if step.state != STORED and estimate else ""))
+                     + (f" ({duration(estimate)})" if step.state != STORED and estimate is not None else ""))
     return "\n".join(lines)
 
 
@@ -441,6 +448,7 @@ def suite_main(argv=None, report=None):
             print(describe_plan(suite, sweeps, seed_runs, estimator))
             print(progress_line(sweeps, seed_runs, estimator, suite.tuning["trials"]))
             return 0
+        store.check_writable(results_dir)  # before any sweep or run: one line, not a traceback mid-suite
         failures, _ = run_suite(suite, args, results_dir)
     except (suites.SuiteError, *USER_ERRORS) as error:
         logger.error(str(error))
