@@ -10,6 +10,7 @@ from mbrec import results as store
 from mbrec.benchmark import suite as suite_runner
 from mbrec.benchmark.suite import (PENDING, STORED, Estimator, SeedStep, SweepStep, duration, progress_line,
                                    suite_estimator)
+from mbrec.benchmark.suite import suite_main
 from mbrec.benchmark.tune.driver import _trial_seconds
 from mbrec.reporting.suite_tables import cost_section, suite_report
 from mbrec.suite_costs import sweep_costs
@@ -112,6 +113,31 @@ def test_trial_seconds_sum_the_ended_attempts(tmp_path):
     assert _trial_seconds(tmp_path) == 12.5 + 7.25 + 3.0
     (tmp_path / "seconds.log").write_text("12.5\nnot a number\n")
     assert _trial_seconds(tmp_path) == 12.5
+
+
+def test_sweeps_summarized_before_trials_were_timed_get_their_times_from_the_trial_folders(tmp_path, capsys):
+    """``suite --fill-sweep-times``: start (attempts.log) to end (status.json) of each attempt."""
+    save_sweep(tmp_path, "SASRec", "synthetic_ci", "SASRec-old", ["absent"] * 3)
+    trials = tmp_path / "sweeps" / "synthetic_ci" / "SASRec" / "SASRec-old" / "trials"
+    starts = {"0000": ["2026-12-01T23:11:48+00:00"], "0001": ["2026-12-01T23:00:00+00:00"],
+              "0002": ["2026-12-01T23:00:00+00:00", "2026-12-01T23:05:00+00:00"]}  # 0002: a lost worker's start
+    ends = {"0000": ["2026-12-01T23:12:10+00:00"], "0001": ["2026-12-01T23:00:30+00:00"],
+            "0002": ["2026-12-01T23:10:00+00:00"]}
+    for trial_id in starts:
+        folder = trials / f"trial_{trial_id}"
+        folder.mkdir(parents=True)
+        (folder / "attempts.log").write_text("".join(f"{stamp} pid=1\n" for stamp in starts[trial_id]))
+        (folder / "status.json").write_text(json.dumps({"attempts": [{"ended": stamp} for stamp in ends[trial_id]]}))
+    (trials / "trial_0001" / "seconds.log").write_text("31.5\n")  # the trial's own time wins
+    assert suite_main(["ci", "--results-dir", str(tmp_path), "--fill-sweep-times"]) == 0
+    out = capsys.readouterr().out
+    assert "2 trial time(s) written" in out and "SASRec-old (1 of 3 trials)" in out
+    summary = json.loads((trials.parent / "summary.json").read_text())
+    assert [trial.get("seconds") for trial in summary["trials"]] == [22.0, 31.5, None]
+    (cost,) = sweep_costs(tmp_path)
+    assert cost.trial_seconds == [22.0, 31.5] and cost.untimed_trials == 1
+    assert suite_main(["ci", "--results-dir", str(tmp_path), "--fill-sweep-times"]) == 0  # nothing new
+    assert "written" not in capsys.readouterr().out
 
 
 # --- the README's cost table ---------------------------------------------------------------------

@@ -42,6 +42,7 @@ from mbrec.benchmark import grid as grid_runs
 from mbrec.benchmark.runner import LOG_FORMAT, USER_ERRORS, plan_run, run
 from mbrec.benchmark.search_space import CHOICE, GRID, SAME_AS, default_grid_file, load_search_space, nested
 from mbrec.benchmark.tune import TuneNotInstalledError, plan_sweep, sweep
+from mbrec.benchmark.tune.driver import fill_trial_seconds
 from mbrec.config import ConfigError, deep_update, merge_layers
 from mbrec.training.trainer import NoTrainingTrainer
 
@@ -406,6 +407,22 @@ def _run_seed_steps(suite, pending, args, results_dir, seed_runs, estimator):
     return failures
 
 
+def fill_sweep_times(results_dir):
+    """``--fill-sweep-times``: time the trials of the sweeps summarized before trials were timed."""
+    untimed = []
+    for summary_file in sorted(Path(results_dir).glob(f"{suite_costs.SWEEPS_DIRNAME}/*/*/*/"
+                                                      f"{suite_costs.SUMMARY_JSON}")):
+        filled = fill_trial_seconds(summary_file.parent)
+        if filled:
+            print(f"{summary_file}: {filled} trial time(s) written")
+    for cost in suite_costs.sweep_costs(results_dir):
+        if not cost.timed:
+            untimed.append(f"{cost.dataset} {cost.sweep} ({cost.untimed_trials} of {cost.trials_run} trials)")
+    print("every sweep is timed" if not untimed else "still untimed (no trial folders, or a lost worker's "
+          "attempt without its end): " + "; ".join(untimed))
+    return 0
+
+
 def build_suite_parser():
     parser = argparse.ArgumentParser(
         prog="run_benchmark.py suite",
@@ -413,7 +430,11 @@ def build_suite_parser():
                     "same budget for every learned model, then the selected configuration on every seed; stored "
                     "runs and finished sweeps are skipped. Ends with the suite's tables.")
     parser.add_argument("name", help=f"suite name ({', '.join(suites.suite_names())}) or a suite YAML file")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan (what is stored, what would run)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (what is stored, what would run); "
+                                                               "writes nothing")
+    parser.add_argument("--fill-sweep-times", action="store_true",
+                        help="write the trial times into the suite's sweep summaries that lack them (summarized "
+                             "before trials were timed), from their trial folders; then exit")
     parser.add_argument("--entries", nargs="+", help="run only these entries (an ablation brings the entry it is "
                                                      "tuned from); the tables still show the whole suite")
     parser.add_argument("--datasets", nargs="+", help="run only these dataset variants")
@@ -441,6 +462,8 @@ def suite_main(argv=None, report=None):
         for dataset in suite.datasets:
             merge_layers(suite.entries[0].model, dataset)  # unknown variants fail here, before any work
         results_dir = Path(args.results_dir) if args.results_dir else suites.default_suite_results_dir(suite.name)
+        if args.fill_sweep_times:
+            return fill_sweep_times(results_dir)
         if args.dry_run:  # the plan only: the grids go to a temporary folder, records are not annotated
             with tempfile.TemporaryDirectory(prefix="mbrec-suite-dry-run-") as grids_dir:
                 sweeps, seed_runs = plan_suite(suite, args, results_dir, grids_dir)
