@@ -55,6 +55,7 @@ def test_ci_suite_tunes_runs_every_seed_skips_and_resumes(tmp_path, ray_session,
     summary = json.loads(summaries[0].read_text())
     assert len(summary["trials"]) == ci.tuning["trials"] and summary["seed"] == ci.tuning_seed
     assert summary["options"]["scheduler"] == "asha" and summary["final"] is None  # no test in the sweep
+    assert all(trial["seconds"] > 0 for trial in summary["trials"])  # every trial timed (README cost table)
     selected = summary["best"]["params"]
 
     runs = stored(tmp_path)
@@ -68,10 +69,16 @@ def test_ci_suite_tunes_runs_every_seed_skips_and_resumes(tmp_path, ray_session,
     assert runs[("SASRec[layers=2]", 1)][1]["config"]["n_layers"] == 2
     assert runs[("SASRec", 1)][1]["config"]["n_layers"] == 1
 
-    # rerun: nothing is trained or tuned again
+    # rerun: nothing is trained or tuned again; a dry run writes nothing (not even the derived grids)
     created = {key: record["created"] for key, (_, record) in runs.items()}
+    grids = tmp_path / "results" / "grids"
+    for grid in grids.iterdir():
+        grid.unlink()
+    grids.rmdir()
+    before = snapshot(tmp_path / "results")
     assert suite(tmp_path, "--dry-run") == 0
     assert "7/7 done" in capsys.readouterr().out
+    assert snapshot(tmp_path / "results") == before
     assert suite(tmp_path) == 0
     assert {key: record["created"] for key, (_, record) in stored(tmp_path).items()} == created
 
@@ -82,6 +89,30 @@ def test_ci_suite_tunes_runs_every_seed_skips_and_resumes(tmp_path, ray_session,
     again = stored(tmp_path)
     assert set(again) == set(runs)
     assert [key for key, (_, record) in again.items() if record["created"] != created[key]] == [("SASRec", 2)]
+
+
+def snapshot(folder):
+    """``{relative path: (size, mtime_ns)}`` of every file and folder under ``folder``."""
+    return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in sorted(folder.rglob("*"))}
+
+
+def test_dry_run_of_a_new_suite_writes_nothing(tmp_path, capsys):
+    """The plan only: no derived grid, no folder, no record annotated; the data cache may fill."""
+    results = tmp_path / "results"
+    (results / "runs").mkdir(parents=True)
+    (results / "notes.txt").write_text("the researcher's own file")
+    before = snapshot(results)
+    assert suite(tmp_path, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "sweep SASRec" in out and "0/7 done" in out
+    assert snapshot(results) == before
+
+
+def test_an_unwritable_results_dir_is_refused_before_any_work(tmp_path, caplog):
+    (tmp_path / "a_file").write_text("")
+    assert suite_main(["ci", "--results-dir", str(tmp_path / "a_file" / "results"), "--device", "cpu"]) == 1
+    assert "cannot write results" in caplog.text and "Traceback" not in caplog.text
 
 
 def test_unknown_suite_is_one_line_error(tmp_path, caplog):

@@ -16,7 +16,8 @@ command resumes where it stopped. Seed runs go through the benchmark grid
 (:mod:`mbrec.benchmark.grid`) with ``--workers N`` or ``--ray-address``; sweeps through
 :mod:`mbrec.benchmark.tune`. Each record gets the suite entry it is a run of (``suite_entries``)
 and is stored gzip-compressed (``.json.gz``). Progress is ``done/total`` with a time estimate from
-the recorded seconds of the suite's finished runs.
+what the suite stored (its records' seconds, its sweeps' trial times), updated as runs finish.
+``--dry-run`` prints the plan and writes nothing under the results folder.
 """
 
 import argparse
@@ -26,6 +27,7 @@ import logging
 import math
 import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,17 +37,17 @@ import yaml
 
 from mbrec import registry
 from mbrec import results as store
-from mbrec import suites
+from mbrec import suite_costs, suites
 from mbrec.benchmark import grid as grid_runs
 from mbrec.benchmark.runner import LOG_FORMAT, USER_ERRORS, plan_run, run
 from mbrec.benchmark.search_space import CHOICE, GRID, SAME_AS, default_grid_file, load_search_space, nested
 from mbrec.benchmark.tune import TuneNotInstalledError, plan_sweep, sweep
+from mbrec.benchmark.tune.driver import fill_trial_seconds
 from mbrec.config import ConfigError, deep_update, merge_layers
 from mbrec.training.trainer import NoTrainingTrainer
 
 logger = logging.getLogger("mbrec")
 GRIDS_DIRNAME = "grids"  # the grids the suite derived from the models' grids, beside its records
-SECONDS_PER_HOUR = 3600.0
 STORED, PENDING, WAITING, FAILED = "stored", "to run", "waits for its sweep", "failed"
 
 
@@ -170,15 +172,19 @@ def _sweep_state(step):
     step.state, step.resume = PENDING, (step.sweep_dir / "trials").exists()
 
 
-def plan_suite(suite, args, results_dir):
-    """Every sweep and seed run of the suite with its state (stored, to run, waiting, failed)."""
+def plan_suite(suite, args, results_dir, grids_dir=None):
+    """Every sweep and seed run of the suite with its state (stored, to run, waiting, failed).
+
+    The derived grids are written under ``grids_dir`` (default: ``results_dir``); a dry run passes a
+    temporary folder. A sweep's name hashes the grid's content, not its path, so the plan is the same.
+    """
     sweeps, seed_runs, options = {}, [], sweep_options(suite, args)
     for dataset in suite.datasets:
         for entry in suite.entries:
             settings = entry_settings(suite, entry)
             if not is_trained(entry.model) or entry.tune_from:
                 continue
-            grid_file = derive_grid(suite, entry, settings, results_dir)
+            grid_file = derive_grid(suite, entry, settings, grids_dir or results_dir)
             spec, sweep_dir = plan_sweep(entry.model, dataset, grid_file, (), settings, suite.tuning_seed, None,
                                          options, None, args.device, args.data_path, args.cache_dir, results_dir,
                                          suite_models(suite))
@@ -229,41 +235,77 @@ def annotate(suite, step, results_dir):
     return record
 
 
-def record_seconds(record):
-    efficiency = record.get("efficiency") or {}
-    return sum(float(efficiency.get(key) or 0.0) for key in ("train_seconds", "eval_seconds", "data_seconds"))
-
-
 class Estimator:
-    """Seconds a step will take, from the suite's finished runs: same entry and variant, else same
-    variant, else any; a sweep counts ``trials`` runs (an upper bound: ASHA stops some trials early)."""
+    """Seconds a step will take, from the suite's finished work: the stored runs' records (train + eval
+    + data seconds) and the stored sweeps' trial times. A run is estimated from runs of the same entry
+    and variant, else the same variant, else any run, else from sweep trials the same way; a sweep
+    counts ``trials`` times the trial estimate (from trials first; an upper bound from runs, since
+    ASHA stops trials early). ``add`` takes a run finished while the suite runs."""
 
-    def __init__(self, records_by_step):
-        self.by_entry, self.by_dataset, self.all = {}, {}, []
-        for (entry, dataset), record in records_by_step:
-            seconds = record_seconds(record)
-            self.by_entry.setdefault((entry, dataset), []).append(seconds)
-            self.by_dataset.setdefault(dataset, []).append(seconds)
-            self.all.append(seconds)
+    def __init__(self, run_seconds=(), trial_seconds=()):
+        self.pools = {"run": ({}, {}, []), "trial": ({}, {}, [])}
+        for (entry, dataset), seconds in run_seconds:
+            self.add(entry, dataset, seconds)
+        for (entry, dataset), seconds in trial_seconds:
+            self.add(entry, dataset, seconds, kind="trial")
+
+    def add(self, entry, dataset, seconds, kind="run"):
+        by_entry, by_dataset, every = self.pools[kind]
+        by_entry.setdefault((entry, dataset), []).append(seconds)
+        by_dataset.setdefault(dataset, []).append(seconds)
+        every.append(seconds)
+
+    def _seconds(self, entry, dataset, kinds):
+        for kind in kinds:
+            by_entry, by_dataset, every = self.pools[kind]
+            for pool in (by_entry.get((entry, dataset)), by_dataset.get(dataset), every):
+                if pool:
+                    return sum(pool) / len(pool)
+        return None
 
     def run_seconds(self, entry, dataset):
-        for pool in (self.by_entry.get((entry, dataset)), self.by_dataset.get(dataset), self.all):
-            if pool:
-                return sum(pool) / len(pool)
-        return None
+        return self._seconds(entry, dataset, ("run", "trial"))
+
+    def sweep_seconds(self, entry, dataset, trials):
+        one = self._seconds(entry, dataset, ("trial", "run"))
+        return None if one is None else trials * one
 
     def describe(self, pending_runs, pending_sweeps, trials):
         seconds = [self.run_seconds(step.entry.name, step.dataset) for step in pending_runs]
-        seconds += [None if (one := self.run_seconds(step.entry.name, step.dataset)) is None else trials * one
-                    for step in pending_sweeps]
+        seconds += [self.sweep_seconds(step.entry.name, step.dataset, trials) for step in pending_sweeps]
         known = [value for value in seconds if value is not None]
         if not seconds:
             return "nothing left"
         if not known:
-            return "no estimate yet (no finished run)"
-        text = f"about {sum(known) / SECONDS_PER_HOUR:.1f} core-hours left"
+            return "no estimate yet (no finished run or sweep trial of this suite)"
+        text = f"about {sum(known) / suite_costs.SECONDS_PER_HOUR:.1f} core-hours left"
         unknown = len(seconds) - len(known)
         return text + (f" for {len(known)} of {len(seconds)} steps ({unknown} without an estimate)" if unknown else "")
+
+
+def suite_estimator(suite, seed_runs, results_dir):
+    """An :class:`Estimator` from everything the suite stored under ``results_dir`` (reads only): the
+    records naming the suite (every entry and variant, so a partial run is estimated from the others
+    too), the plan's stored runs not yet annotated, and the trial times of the sweeps of its variants."""
+    named = suite_costs.suite_run_seconds(suite.name, results_dir)
+    seen = {path.resolve() for _, _, path in named}
+    unnamed = [((step.entry.name, step.dataset), suite_costs.record_seconds(store.load_record(found)))
+               for step in seed_runs if step.state == STORED
+               and (found := store.stored_record(step.path)) is not None and found.resolve() not in seen]
+    tuned = {}  # model -> the entry whose sweep it is (entries outside a partial run: the model's name)
+    for entry in suite.entries:
+        if not entry.tune_from:
+            tuned.setdefault(entry.model, entry.name)
+    trials = [((tuned.get(cost.model, cost.model), cost.dataset), seconds)
+              for cost in suite_costs.sweep_costs(results_dir) for seconds in cost.trial_seconds]
+    return Estimator([(mark, seconds) for mark, seconds, _ in named] + unnamed, trials)
+
+
+def duration(seconds):
+    """A plan line's estimate: minutes, or hours past two (``~0 min`` would read as free)."""
+    if seconds < 60:
+        return "<1 min"
+    return f"~{seconds / 60:.0f} min" if seconds < 2 * 3600 else f"~{seconds / 3600:.1f} h"
 
 
 def describe_plan(suite, sweeps, seed_runs, estimator):
@@ -272,12 +314,15 @@ def describe_plan(suite, sweeps, seed_runs, estimator):
              f"{suite.tuning_seed} ({suite.tuning.get('scheduler', 'asha')}, grace {suite.tuning.get('grace_period')}, "
              f"reduction {suite.tuning.get('reduction_factor')}); cap/patience {suite.training}"]
     for step in sweeps:
+        estimate = estimator.sweep_seconds(step.entry.name, step.dataset, suite.tuning["trials"])
         lines.append(f"  sweep {step.entry.name:<24} {step.dataset:<18} {step.state}"
-                     + (" (resume)" if step.resume else "") + f"  [{step.sweep_dir}]")
+                     + (" (resume)" if step.resume else "")
+                     + (f" ({duration(estimate)})" if step.state == PENDING and estimate is not None else "")
+                     + f"  [{step.sweep_dir}]")
     for step in seed_runs:
         estimate = estimator.run_seconds(step.entry.name, step.dataset)
         lines.append(f"  run   {step.entry.name:<24} {step.dataset:<18} seed {step.seed:<6} {step.state}"
-                     + (f" (~{estimate / 60:.0f} min)" if step.state != STORED and estimate else ""))
+                     + (f" ({duration(estimate)})" if step.state != STORED and estimate is not None else ""))
     return "\n".join(lines)
 
 
@@ -289,14 +334,11 @@ def progress_line(sweeps, seed_runs, estimator, trials):
     return f"suite progress: {done}/{total} done; {estimator.describe(pending_runs, pending_sweeps, trials)}"
 
 
-def _suite_records(suite, seed_runs, results_dir):
-    pairs = []
+def annotate_stored(suite, seed_runs, results_dir):
+    """Name the suite entry in every stored run of the plan (writes: never in a dry run)."""
     for step in seed_runs:
         if step.state == STORED:
-            record = annotate(suite, step, results_dir)
-            if record is not None:
-                pairs.append(((step.entry.name, step.dataset), record))
-    return pairs
+            annotate(suite, step, results_dir)
 
 
 def run_suite(suite, args, results_dir):
@@ -304,7 +346,8 @@ def run_suite(suite, args, results_dir):
     failures = []
     for round_ in ("sweeps", "seed runs"):
         sweeps, seed_runs = plan_suite(suite, args, results_dir)
-        estimator = Estimator(_suite_records(suite, seed_runs, results_dir))
+        annotate_stored(suite, seed_runs, results_dir)
+        estimator = suite_estimator(suite, seed_runs, results_dir)
         logger.info(progress_line(sweeps, seed_runs, estimator, suite.tuning["trials"]))
         if round_ == "sweeps":
             for step in [step for step in sweeps if step.state == PENDING]:
@@ -321,13 +364,16 @@ def run_suite(suite, args, results_dir):
                     failures.append(f"sweep {step.entry.name} on {step.dataset}: no selection "
                                     f"(see {step.sweep_dir / 'summary.md'})")
                 step.state = STORED if summary.get("best") and not summary.get("interrupted") else FAILED
+                for trial in summary.get("trials") or []:  # the next sweeps' estimate uses its trials' time
+                    if trial.get("seconds") is not None:
+                        estimator.add(step.entry.name, step.dataset, float(trial["seconds"]), kind="trial")
                 logger.info(progress_line(sweeps, seed_runs, estimator, suite.tuning["trials"]))
             continue
         failures += [f"{step.entry.name} on {step.dataset} seed {step.seed}: its sweep has no selection"
                      for step in seed_runs if step.state == FAILED]
         pending = [step for step in seed_runs if step.state == PENDING]
         failures += _run_seed_steps(suite, pending, args, results_dir, seed_runs, estimator)
-        _suite_records(suite, seed_runs, results_dir)
+        annotate_stored(suite, seed_runs, results_dir)
     return failures, seed_runs
 
 
@@ -347,7 +393,9 @@ def _run_seed_steps(suite, pending, args, results_dir, seed_runs, estimator):
             run(step.entry.model, step.dataset, (), step.overrides, step.seed, args.device, args.data_path,
                 args.cache_dir, results_dir, command_models=suite_models(suite))
             step.state = STORED
-            annotate(suite, step, results_dir)
+            record = annotate(suite, step, results_dir)
+            if record is not None:  # the next runs' estimate uses it
+                estimator.add(step.entry.name, step.dataset, suite_costs.record_seconds(record))
         except Exception as error:  # noqa: BLE001 (one failed run must not stop the suite; its log says why)
             step.state = FAILED
             log = getattr(error, "run_log", None)
@@ -359,6 +407,22 @@ def _run_seed_steps(suite, pending, args, results_dir, seed_runs, estimator):
     return failures
 
 
+def fill_sweep_times(results_dir):
+    """``--fill-sweep-times``: time the trials of the sweeps summarized before trials were timed."""
+    untimed = []
+    for summary_file in sorted(Path(results_dir).glob(f"{suite_costs.SWEEPS_DIRNAME}/*/*/*/"
+                                                      f"{suite_costs.SUMMARY_JSON}")):
+        filled = fill_trial_seconds(summary_file.parent)
+        if filled:
+            print(f"{summary_file}: {filled} trial time(s) written")
+    for cost in suite_costs.sweep_costs(results_dir):
+        if not cost.timed:
+            untimed.append(f"{cost.dataset} {cost.sweep} ({cost.untimed_trials} of {cost.trials_run} trials)")
+    print("every sweep is timed" if not untimed else "still untimed (no trial folders, or a lost worker's "
+          "attempt without its end): " + "; ".join(untimed))
+    return 0
+
+
 def build_suite_parser():
     parser = argparse.ArgumentParser(
         prog="run_benchmark.py suite",
@@ -366,7 +430,11 @@ def build_suite_parser():
                     "same budget for every learned model, then the selected configuration on every seed; stored "
                     "runs and finished sweeps are skipped. Ends with the suite's tables.")
     parser.add_argument("name", help=f"suite name ({', '.join(suites.suite_names())}) or a suite YAML file")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan (what is stored, what would run)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (what is stored, what would run); "
+                                                               "writes nothing")
+    parser.add_argument("--fill-sweep-times", action="store_true",
+                        help="write the trial times into the suite's sweep summaries that lack them (summarized "
+                             "before trials were timed), from their trial folders; then exit")
     parser.add_argument("--entries", nargs="+", help="run only these entries (an ablation brings the entry it is "
                                                      "tuned from); the tables still show the whole suite")
     parser.add_argument("--datasets", nargs="+", help="run only these dataset variants")
@@ -394,12 +462,16 @@ def suite_main(argv=None, report=None):
         for dataset in suite.datasets:
             merge_layers(suite.entries[0].model, dataset)  # unknown variants fail here, before any work
         results_dir = Path(args.results_dir) if args.results_dir else suites.default_suite_results_dir(suite.name)
-        if args.dry_run:
-            sweeps, seed_runs = plan_suite(suite, args, results_dir)
-            estimator = Estimator(_suite_records(suite, seed_runs, results_dir))
+        if args.fill_sweep_times:
+            return fill_sweep_times(results_dir)
+        if args.dry_run:  # the plan only: the grids go to a temporary folder, records are not annotated
+            with tempfile.TemporaryDirectory(prefix="mbrec-suite-dry-run-") as grids_dir:
+                sweeps, seed_runs = plan_suite(suite, args, results_dir, grids_dir)
+            estimator = suite_estimator(suite, seed_runs, results_dir)
             print(describe_plan(suite, sweeps, seed_runs, estimator))
             print(progress_line(sweeps, seed_runs, estimator, suite.tuning["trials"]))
             return 0
+        store.check_writable(results_dir)  # before any sweep or run: one line, not a traceback mid-suite
         failures, _ = run_suite(suite, args, results_dir)
     except (suites.SuiteError, *USER_ERRORS) as error:
         logger.error(str(error))

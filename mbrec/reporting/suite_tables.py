@@ -7,7 +7,7 @@ rebuilt here is what the README holds between ``<!-- results:<suite>:begin -->``
 ``<!-- results:<suite>:end -->``: one table per task (behavior_specific, target_behavior, and
 behavior_item for the entries that can do it) with Recall/NDCG@10/20 as mean ± std over seeds,
 stars from the user-level paired test with Holm correction, the budget footnote, the efficiency
-table and its plot. ``--write-readme`` replaces that section; a test checks README and records agree.
+table and its plot, and the cost so far (:func:`cost_section`). ``--write-readme`` replaces that section; a test checks README and records agree.
 """
 
 import argparse
@@ -18,6 +18,7 @@ from mbrec.reporting.claims import claims_to_markdown, evaluate_claims, load_cla
 from mbrec.reporting.tables import (DEFAULT_METRICS, build_table, efficiency_plot, efficiency_table,
                                     efficiency_to_markdown, to_markdown)
 from mbrec.results import ResultsError, load_record, record_files
+from mbrec.suite_costs import SECONDS_PER_HOUR, record_seconds, sweep_costs
 from mbrec.suites import CLAIMS_FILE, SuiteError, default_suite_results_dir, entry_annotations, load_suite
 from mbrec.utils import REPO_DIR, atomic_path
 
@@ -75,9 +76,57 @@ def _task_table(suite, records, task):
                        datasets=suite.datasets)
 
 
-def suite_section(suite, records, plot_path=None, plot_link=None, write_plot=True):
+def _hours(seconds):
+    return f"{seconds / SECONDS_PER_HOUR:.2f}"
+
+
+def cost_section(suite, records, sweeps):
+    """The suite's cost so far (a Markdown table per dataset variant), from its records and the
+    :class:`~mbrec.suite_costs.SweepCost` of its sweep folders: deterministic in the stored files."""
+    models = {entry.model for entry in suite.entries}
+    entries = {entry.name for entry in suite.entries}
+    planned = len(suite.entries) * len(suite.seeds)
+    lines = ["| Dataset | Seed runs done / planned | Seed runs (core-h) | Sweeps finished | Sweep trials run "
+             "| Sweeps (core-h) | Total (core-h) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    totals = {"done": 0, "planned": 0, "run_s": 0.0, "sweeps": 0, "trials": 0, "sweep_h": 0.0, "untimed": 0}
+    untimed = []
+    for dataset in suite.datasets:
+        mine = [record for record in records if record["dataset"] == dataset and record["model"] in entries]
+        done = len({(record["model"], record["seed"]) for record in mine})
+        # a record that is a run of two entries was trained once: its time counts once
+        run_s = sum(record_seconds(record) for record in {record["run_key"]: record for record in mine}.values())
+        costs = [cost for cost in sweeps if cost.dataset == dataset and cost.model in models]
+        sweep_h = sum(cost.core_hours for cost in costs)
+        lacking = [cost for cost in costs if not cost.timed]
+        if lacking:
+            untimed.append(f"{dataset}: {', '.join(cost.sweep for cost in lacking)}")
+        bound = "≥ " if lacking else ""
+        finished = sum(cost.finished for cost in costs)
+        trials = sum(cost.trials_run for cost in costs)
+        lines.append(f"| {dataset} | {done} / {planned} | {_hours(run_s)} | {finished} | {trials} | "
+                     f"{bound}{sweep_h:.2f}" + (f" ({len(lacking)} untimed)" if lacking else "")
+                     + f" | {bound}{run_s / SECONDS_PER_HOUR + sweep_h:.2f} |")
+        for key, value in (("done", done), ("planned", planned), ("run_s", run_s), ("sweeps", finished),
+                           ("trials", trials), ("sweep_h", sweep_h), ("untimed", len(lacking))):
+            totals[key] += value
+    bound = "≥ " if totals["untimed"] else ""
+    lines.append(f"| all | {totals['done']} / {totals['planned']} | {_hours(totals['run_s'])} | {totals['sweeps']} "
+                 f"| {totals['trials']} | {bound}{totals['sweep_h']:.2f} | "
+                 f"{bound}{totals['run_s'] / SECONDS_PER_HOUR + totals['sweep_h']:.2f} |")
+    notes = ["", "- Time spent so far, from the stored files only: a seed run's train + eval + data seconds "
+             "(its record), one core per run (`--cpus-per-run`, default 1); a sweep's trials' wall seconds "
+             "(its `summary.json`) times its CPUs per trial. Planned seed runs: entries x seeds per dataset; "
+             "a sweep is run once per learned entry (not for rules such as Pop, nor for ablations)."]
+    if untimed:
+        notes.append(f"- Untimed sweeps (their summaries predate trial times, so their time is missing and the "
+                     f"sums marked ≥ are lower bounds): {'; '.join(untimed)}.")
+    return "\n".join(lines + notes) + "\n"
+
+
+def suite_section(suite, records, plot_path=None, plot_link=None, write_plot=True, sweeps=()):
     """The Markdown between the README markers (without the markers). The plot's link is part of the text
-    whether or not the plot file is (re)written now, so the text never depends on ``write_plot``."""
+    whether or not the plot file is (re)written now, so the text never depends on ``write_plot``.
+    ``sweeps``: the :class:`~mbrec.suite_costs.SweepCost` of the suite's sweep folders (the cost table)."""
     if not records:
         return f"_Suite `{suite.name}`: {NOT_YET_RUN}._ `python run_benchmark.py suite {suite.name}` runs it.\n"
     parts = [f"Suite `{suite.name}` ({suite.path.name}): {suite.description}".rstrip(": ") + ".", "",
@@ -92,6 +141,9 @@ def suite_section(suite, records, plot_path=None, plot_link=None, write_plot=Tru
         if write_plot:
             efficiency_plot(records, plot_path)
         parts += [f"![efficiency of suite {suite.name}]({plot_link or plot_path})", ""]
+    if parts[-1] and not parts[-1].endswith("\n"):  # a blank line ends the part before the heading
+        parts.append("")
+    parts += ["#### Cost", "", cost_section(suite, records, sweeps)]
     return "\n".join(parts)
 
 
@@ -143,7 +195,7 @@ def suite_report(suite, results_dir, claims_file=CLAIMS_FILE, write_plot=True):
             link = plot.resolve().relative_to(REPO_DIR).as_posix()
         except ValueError:  # outside the repository (a test's tmp dir): link the file itself
             link = str(plot)
-    section = suite_section(suite, records, plot, link, write_plot)
+    section = suite_section(suite, records, plot, link, write_plot, sweep_costs(results_dir))
     claims = None
     if records and claims_file is not None:
         claims = claims_to_markdown(evaluate_claims(load_claims(claims_file), records, suite.datasets))

@@ -15,10 +15,10 @@ from mbrec.benchmark.search_space import nested, with_ties
 from mbrec.benchmark.tune.plan import (
     METRIC, MODE, RAY_AUTH_MODE_ENV, RAY_TOKEN_FILE, SPEC_FILE, join_in_token_mode, TRIALS_DIRNAME, expected_trials, plan_sweep, require_ray, space_of, trial_params,
 )
-from mbrec.benchmark.tune.summary import build_summary, write_summary
+from mbrec.benchmark.tune.summary import SUMMARY_JSON, build_summary, write_summary
 from mbrec.benchmark.tune.trial import (
-    ATTEMPTS_FILE, COMPLETED, FAILED, FAILURE_FILE, NOT_RUN, OUTCOME_FILE, STATUS_FILE, STOPPED, TRIAL_LOG,
-    train_trial, trial_dir_of, trial_dirname,
+    ATTEMPTS_FILE, COMPLETED, FAILED, FAILURE_FILE, NOT_RUN, OUTCOME_FILE, SECONDS_FILE, STATUS_FILE, STOPPED,
+    TRIAL_LOG, train_trial, trial_dir_of, trial_dirname,
 )
 from mbrec.config import ConfigError, deep_update
 from mbrec.utils import REPO_DIR, write_json_atomic
@@ -180,7 +180,8 @@ def collect_trials(spec):
 
     Keys: ``trial_id``, ``params`` (tied ones included), ``status`` (completed, stopped early,
     failed, unfinished), ``best_valid``, ``validations``, ``epochs_run``, ``attempts`` (starts),
-    ``history`` (what each ended attempt became), ``error`` (first line of the cause), ``log``, ``dir``.
+    ``history`` (what each ended attempt became), ``seconds`` (wall seconds over its ended attempts; None
+    before any attempt ended), ``error`` (first line of the cause), ``log``, ``dir``.
     """
     space, params_of = space_of(spec), trial_params(spec)
     trials = []
@@ -209,12 +210,67 @@ def collect_trials(spec):
             "validations": validations,
             "epochs_run": epochs_run,
             "attempts": len(attempts_file.read_text().splitlines()) if attempts_file.is_file() else 0,
+            "seconds": _trial_seconds(trial_dir),
             "history": history,
             "error": error if status == FAILED else None,
             "log": str(trial_dir / TRIAL_LOG),
             "dir": str(trial_dir),
         })
     return trials
+
+
+def _trial_seconds(trial_dir):
+    """The wall seconds of a trial's ended attempts, or None when none has ended or they are unknown.
+
+    From ``seconds.log`` (the trial times each attempt itself); for a trial from before that file,
+    from the start of each attempt (``attempts.log``) to its end as the driver filed it
+    (``status.json``), when every start has its end (a lost worker's attempt has none). An
+    attempt killed before it wrote its line is missing: the sum is then a lower bound.
+    """
+    path = trial_dir / SECONDS_FILE
+    if not path.is_file():
+        return _seconds_from_timestamps(trial_dir)
+    values = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            values.append(float(line))
+        except ValueError:  # a line cut short by a killed worker
+            continue
+    return round(sum(values), 3) if values else None
+
+
+def _seconds_from_timestamps(trial_dir):
+    attempts_file = trial_dir / ATTEMPTS_FILE
+    ended = [attempt.get("ended") for attempt in (_read_json(trial_dir / STATUS_FILE) or {}).get("attempts", [])]
+    if not attempts_file.is_file() or not ended:
+        return None
+    try:
+        started = [datetime.fromisoformat(line.split()[0]) for line in attempts_file.read_text().splitlines()
+                   if line.strip()]
+        ended = [datetime.fromisoformat(stamp) for stamp in ended]
+    except (ValueError, TypeError, IndexError):
+        return None
+    if len(started) != len(ended):
+        return None
+    return float(sum((end - start).total_seconds() for start, end in zip(started, ended)))
+
+
+def fill_trial_seconds(sweep_dir):
+    """Write each trial's ``seconds`` into a sweep's ``summary.json`` where it lacks them (a summary
+    from before trials were timed), from the trial folders beside it; return how many were filled."""
+    summary_file = Path(sweep_dir) / SUMMARY_JSON
+    summary = _read_json(summary_file)
+    if not isinstance(summary, dict):
+        return 0
+    filled = 0
+    for trial in summary.get("trials") or []:
+        if trial.get("seconds") is None:
+            seconds = _trial_seconds(Path(sweep_dir) / TRIALS_DIRNAME / trial_dirname(trial["trial_id"]))
+            if seconds is not None:
+                trial["seconds"], filled = seconds, filled + 1
+    if filled:
+        write_json_atomic(summary_file, summary)
+    return filled
 
 
 def _error_line(trial_dir):

@@ -23,6 +23,7 @@ ATTEMPTS_FILE = "attempts.log"   # one line per start of a trial (Ray retries, -
 OUTCOME_FILE = "outcome.json"    # written by the trial when it trained to its end
 FAILURE_FILE = "failure.json"    # written by the trial when it raised (the error; the traceback is in its log)
 STATUS_FILE = "status.json"      # written by the driver when Ray says the trial ended: status and attempts
+SECONDS_FILE = "seconds.log"     # one line per ended attempt: its wall seconds (the suite's cost accounting)
 CHECKPOINT_NAME = "checkpoint/best.pth"
 
 COMPLETED, STOPPED, FAILED, NOT_RUN = "completed", "stopped early", "failed", "unfinished"
@@ -65,14 +66,20 @@ def train_trial(config, spec):
     (trial_dir / FAILURE_FILE).unlink(missing_ok=True)  # a retried trial's earlier failure is in status.json
     with open(trial_dir / ATTEMPTS_FILE, "a", encoding="utf-8") as handle:
         handle.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} pid={os.getpid()}\n")
-    with _RunLog(trial_dir / TRIAL_LOG, mode="a"):
-        logger.info(f"trial {trial_id} of sweep {spec['name']}: {spec['model']} on {spec['dataset']}, "
-                    f"params {chosen} (mbrec from {REPO_DIR}, pid {os.getpid()})")
-        try:
-            _fit_trial(spec, overrides, chosen, trial_dir, tune)
-        except Exception as error:  # noqa: BLE001 (recorded as the trial's failure; the sweep goes on)
-            logger.exception(f"trial {trial_id} failed")
-            write_json_atomic(trial_dir / FAILURE_FILE, {"error": f"{type(error).__name__}: {error}".splitlines()[0]})
+    start = time.perf_counter()
+    try:
+        with _RunLog(trial_dir / TRIAL_LOG, mode="a"):
+            logger.info(f"trial {trial_id} of sweep {spec['name']}: {spec['model']} on {spec['dataset']}, "
+                        f"params {chosen} (mbrec from {REPO_DIR}, pid {os.getpid()})")
+            try:
+                _fit_trial(spec, overrides, chosen, trial_dir, tune)
+            except Exception as error:  # noqa: BLE001 (recorded as the trial's failure; the sweep goes on)
+                logger.exception(f"trial {trial_id} failed")
+                write_json_atomic(trial_dir / FAILURE_FILE,
+                                  {"error": f"{type(error).__name__}: {error}".splitlines()[0]})
+    finally:  # also when ASHA stops the trial (SystemExit in tune.report): a stopped trial cost time too
+        with open(trial_dir / SECONDS_FILE, "a", encoding="utf-8") as handle:
+            handle.write(f"{time.perf_counter() - start:.3f}\n")
 
 
 def _fit_trial(spec, overrides, chosen, trial_dir, tune):
