@@ -69,3 +69,20 @@ def test_grid_survives_a_killed_worker_and_runs_each_run_once(tmp_path, caplog):
     assert grid(tmp_path) == 0  # again: everything is stored, nothing is retrained
     assert {path: store.load_record(path)["created"] for path in sorted(results_dir.glob("runs/*/*/*.json"))} \
         == created
+
+
+def test_a_suite_subset_accepts_the_suite_wide_keys_of_its_other_models(tmp_path):
+    """`suite cpu --entries FatsMB --workers 2` failed every seed run: the suite-wide `embedding_size`
+    (GRU4Rec's) was checked against the subset's models only. A grid told the suite's models accepts it;
+    on its own a key no model of the command knows is still refused."""
+    from types import SimpleNamespace
+
+    from mbrec.benchmark.grid import GridJob, plan_grid
+
+    args = SimpleNamespace(config_files=[], data_path=None, cache_dir=str(tmp_path / "cache"),
+                           results_dir=str(tmp_path / "results"), rerun=False)
+    jobs = [GridJob("SASRec", "synthetic", 1, {"embedding_size": 16, "epochs": 2})]
+    _, pending, failures = plan_grid(args, None, jobs, command_models=["SASRec", "GRU4Rec"])
+    assert not failures and len(pending) == 1
+    _, pending, failures = plan_grid(args, None, jobs)
+    assert not pending and "embedding_size" in str(failures[0][3])

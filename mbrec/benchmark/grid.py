@@ -103,14 +103,17 @@ def grid_jobs(args, overrides):
             for seed in args.seeds]
 
 
-def plan_grid(args, overrides, jobs=None):
+def plan_grid(args, overrides, jobs=None, command_models=None):
     """Split the grid into stored records, runs to submit and runs that cannot start (bad input).
 
     ``jobs`` (:class:`GridJob`) replace the command's cross product (the suite runner passes its own).
+    ``command_models``: the models whose keys a shared override may name (default: the jobs' models;
+    a suite passes every model of its file, so a subset run accepts the suite-wide overrides).
     """
     stored, pending, failures = [], [], []
     jobs = jobs if jobs is not None else grid_jobs(args, overrides)
-    command_models = list(dict.fromkeys(job.model for job in jobs))  # a key one of them knows is not misspelt
+    if command_models is None:  # a key one of them knows is not misspelt
+        command_models = list(dict.fromkeys(job.model for job in jobs))
     for job in jobs:
         model, dataset, seed = job.model, job.dataset, job.seed
         try:
@@ -135,11 +138,13 @@ def run_device(args):
     return "cuda" if args.gpus_per_run > 0 else "cpu"
 
 
-def run_grid(args, overrides, jobs=None):
-    """Run the command's grid (or ``jobs``) on Ray; return ``(records, failures)`` like the sequential runner."""
+def run_grid(args, overrides, jobs=None, command_models=None):
+    """Run the command's grid (or ``jobs``) on Ray; return ``(records, failures)`` like the sequential runner.
+
+    ``command_models``: see :func:`plan_grid`."""
     from mbrec.benchmark.tune import connect_ray, require_ray
 
-    records, pending, failures = plan_grid(args, overrides, jobs)
+    records, pending, failures = plan_grid(args, overrides, jobs, command_models)
     logger.info(f"grid: {len(records) + len(pending) + len(failures)} runs; {len(records)} stored (skipped), "
                 f"{len(pending)} to run, {len(failures)} cannot start")
     if not pending:
@@ -151,8 +156,9 @@ def run_grid(args, overrides, jobs=None):
         task = ray.remote(run_in_worker).options(num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run,
                                                  max_retries=args.max_retries, retry_exceptions=False)
         device = run_device(args)
-        command_models = list(dict.fromkeys([job.model for job in pending] + [record["model"] for record in records]
-                                            + [failure[0] for failure in failures]))
+        if command_models is None:
+            command_models = list(dict.fromkeys([job.model for job in pending] + [record["model"] for record in records]
+                                                + [failure[0] for failure in failures]))
         dataset_files = sorted(declared_dataset_files().values())
         grid_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"  # tells this grid's attempts from older logs
         waiting = {task.remote(job.model, job.dataset, args.config_files, job.overrides, job.seed, device,

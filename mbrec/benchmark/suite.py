@@ -382,7 +382,7 @@ def _run_seed_steps(suite, pending, args, results_dir, seed_runs, estimator):
     if pending and (args.workers or args.ray_address):
         jobs = [grid_runs.GridJob(step.entry.model, step.dataset, step.seed, step.overrides) for step in pending]
         grid_args = SimpleNamespace(**{**vars(args), "config_files": [], "results_dir": results_dir, "rerun": False})
-        _, grid_failures = grid_runs.run_grid(grid_args, None, jobs)
+        _, grid_failures = grid_runs.run_grid(grid_args, None, jobs, command_models=suite_models(suite))
         failures += [f"{model} on {dataset} seed {seed}: {error}" for model, dataset, seed, error in grid_failures]
         for step in pending:
             step.state = STORED if store.stored_record(step.path) else FAILED
