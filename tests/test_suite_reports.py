@@ -189,3 +189,36 @@ def test_write_readme_replaces_only_the_suite_section(tmp_path, capsys):
     with pytest.raises(SuiteError, match="no '<!-- results:cpu:begin -->'"):
         replace_section("no markers", "cpu", "x")
     assert NOT_YET_RUN in suite_section(suite, [])
+
+
+def test_two_stored_configurations_of_one_seed_are_refused_not_averaged(tmp_path, capsys):
+    """After a suite setting changes (e.g. an epoch cap), the old record of a seed stays beside the new
+    one under another run key; the table must name both, not average them as if they were two seeds."""
+    results_dir = tmp_path / "results"
+    for key in ("old", "new"):
+        record = make_record("SASRec", ranks_with_hits(50, 1), 1, dataset="synthetic_ci", suite="ci")
+        record["run_key"] = key
+        store.save_record(store.compressed_path(store.record_path(results_dir, "SASRec", "synthetic", 1, key)),
+                          record)
+    assert suite_table_main(["--suite", "ci", "--results-dir", str(results_dir)]) == 1
+    error = capsys.readouterr().err
+    assert "two stored runs are SASRec on synthetic_ci seed 1" in error and "old" in error and "new" in error
+
+
+def test_a_protocol_mismatch_is_a_one_line_error(tmp_path, capsys):
+    results_dir = tmp_path / "results"
+    for seed, data in ((1, "prepared-sha256:a"), (2, "prepared-sha256:b")):
+        record = make_record("SASRec", ranks_with_hits(50, seed), seed, dataset="synthetic_ci", suite="ci")
+        record["protocol"], record["protocol_fingerprint"] = {"data": data}, data[-1] * 12
+        store.save_record(store.compressed_path(store.record_path(results_dir, "SASRec", "synthetic", seed, data)),
+                          record)
+    assert suite_table_main(["--suite", "ci", "--results-dir", str(results_dir)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: runs measured under different protocols") and "Traceback" not in error
+
+
+def test_budget_line_names_the_models_with_their_own_epoch_cap():
+    cpu = load_suite("cpu")
+    line = suite_section(cpu, [make_record("Pop", ranks_with_hits(5, 1), 1, dataset="retailrocket_f10",
+                                           suite="cpu")], write_plot=False)
+    assert "Epoch cap 100 (" in line and "BERT4Rec 600" in line and "FatsMB 100 per stage" in line

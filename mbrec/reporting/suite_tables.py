@@ -14,6 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mbrec.protocol import ProtocolMismatch
 from mbrec.reporting.claims import claims_to_markdown, evaluate_claims, load_claims
 from mbrec.reporting.tables import (DEFAULT_METRICS, build_table, efficiency_plot, efficiency_table,
                                     efficiency_to_markdown, to_markdown)
@@ -41,6 +42,7 @@ def collect_suite_records(suite, results_dir):
     ``model`` = entry name and ``dataset`` = dataset variant, in the suite's entries and datasets."""
     records, problems = [], []
     entries, datasets = {entry.name for entry in suite.entries}, set(suite.datasets)
+    cells = {}  # (entry, dataset, seed) -> path of the record shown
     for path in record_files(Path(results_dir) / "runs"):
         try:
             record = load_record(path)
@@ -49,6 +51,12 @@ def collect_suite_records(suite, results_dir):
             continue
         for entry, dataset in entry_annotations(record, suite.name):
             if entry in entries and dataset in datasets:
+                cell = (entry, dataset, record.get("seed"))
+                if cell in cells:  # two configurations of one seed would be averaged as if two seeds
+                    raise SuiteError(f"two stored runs are {entry} on {dataset} seed {record.get('seed')}: "
+                                     f"{cells[cell]} and {path} (a setting of the suite changed since one "
+                                     f"was stored); delete the stale one")
+                cells[cell] = path
                 records.append({**record, "model": entry, "dataset": dataset})
     return records, problems
 
@@ -59,9 +67,22 @@ def _budget_line(suite):
             f"{tuning['trials']} Ray Tune trials drawn from its grid ({tuning.get('scheduler', 'asha')} scheduler, "
             f"grace period {tuning.get('grace_period')}, reduction factor {tuning.get('reduction_factor')}), "
             f"selection on valid only; the selected configuration then ran on seeds "
-            f"{', '.join(str(seed) for seed in suite.seeds)}. Epoch cap {training.get('epochs')}, patience "
+            f"{', '.join(str(seed) for seed in suite.seeds)}. Epoch cap {training.get('epochs')}"
+            f"{_model_caps(suite)}, patience "
             f"{training.get('stopping_step')} validations. Entries with a [switch] in their name are ablations: "
             f"the tuned configuration of their model with that switch changed, not tuned again.")
+
+
+def _model_caps(suite):
+    """`` (BERT4Rec 600; FatsMB 100 per stage)``: the models whose own overrides set another cap."""
+    caps = []
+    for model, settings in suite.model_overrides.items():
+        if "epochs" in settings:
+            caps.append(f"{model} {settings['epochs']}")
+        stage_caps = sorted({value for key, value in settings.items() if key.endswith("_epochs")})
+        if stage_caps:
+            caps.append(f"{model} {'/'.join(str(value) for value in stage_caps)} per stage")
+    return f" ({'; '.join(caps)})" if caps else ""
 
 
 def _task_table(suite, records, task):
@@ -226,7 +247,7 @@ def suite_table_main(argv=None):
             with atomic_path(args.readme) as tmp:
                 tmp.write_text(text, encoding="utf-8")
             print(f"wrote the {suite.name} section of {args.readme}")
-    except SuiteError as error:
+    except (SuiteError, ProtocolMismatch) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
