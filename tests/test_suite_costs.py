@@ -63,7 +63,7 @@ def test_estimate_uses_the_suites_stored_records_from_the_start(tmp_path):
     assert estimator.run_seconds("SASRec", "synthetic_ci") == 2 * HOUR
     assert estimator.run_seconds("Pop", "other_variant") == 2 * HOUR  # no run of that variant: any run
     line = progress_line([], pending, estimator, ci.tuning["trials"])
-    assert "0/2 done" in line and "about 4.0 core-hours left" in line
+    assert "0/2 done" in line and "about 4.00 core-hours left" in line
     assert "no estimate" in progress_line([], pending, Estimator(), ci.tuning["trials"])
 
 
@@ -73,7 +73,7 @@ def test_a_sweep_is_estimated_from_stored_trial_times(tmp_path):
     estimator = suite_estimator(ci, [], tmp_path)
     step = SweepStep(ci_entry("SASRec"), "synthetic_ci", {}, None, state=PENDING)
     assert estimator.sweep_seconds("SASRec", "synthetic_ci", trials=2) == 4 * HOUR
-    assert "about 4.0 core-hours left" in progress_line([step], [], estimator, 2)
+    assert "about 4.00 core-hours left" in progress_line([step], [], estimator, 2)
     # without trials, runs give an upper bound (ASHA stops trials early)
     assert Estimator([(("SASRec", "synthetic_ci"), HOUR)]).sweep_seconds("SASRec", "synthetic_ci", 3) == 3 * HOUR
 
@@ -96,7 +96,7 @@ def test_a_round_of_runs_updates_its_estimate_after_each_run(tmp_path, monkeypat
         failures = suite_runner._run_seed_steps(ci, steps, args, tmp_path, steps, Estimator())
     assert failures == [] and [step.state for step in steps] == [STORED, STORED]
     first = next(message for message in caplog.messages if "seed 1: stored" in message)
-    assert "1/2 done; about 2.0 core-hours left" in first
+    assert "1/2 done; about 2.00 core-hours left" in first
     assert suite_estimator(ci, steps, tmp_path).run_seconds("SASRec", "synthetic_ci") == 2 * HOUR  # annotated
 
 
@@ -170,3 +170,12 @@ def test_cost_table_without_sweeps_has_no_bounds():
     table = cost_section(ci, records, [])
     assert "| synthetic_ci | 2 / 6 | 1.00 | 0 | 0 | 0.00 | 1.00 |" in table
     assert "≥" not in table and "Untimed" not in table
+
+
+def test_a_run_is_estimated_from_its_own_sweep_trials_before_other_models_runs():
+    """FatsMB with no stored run yet: its own sweep's trials (~1 h here) say more than SASRec's runs
+    of the same variant (1 min), which the estimate used first and so printed 'about 0.0 core-hours'."""
+    estimator = Estimator(run_seconds=[(("SASRec", "v"), 60.0)], trial_seconds=[(("FatsMB", "v"), HOUR)])
+    assert estimator.run_seconds("FatsMB", "v") == HOUR
+    assert estimator.run_seconds("SASRec", "v") == 60.0
+    assert estimator.run_seconds("GRU4Rec", "v") == (60.0)  # same variant: runs before trials
