@@ -102,3 +102,29 @@ def test_a_suite_wide_key_of_another_model_is_accepted_in_a_sweep(tmp_path):
                                cache_dir=tmp_path / "cache", results_dir=tmp_path / "results",
                                command_models=["GRU4Rec"])
     assert named["name"] == spec["name"]  # the list changes no setting, so not the sweep's name either
+
+
+def test_draws_never_repeat_a_configuration_and_cover_a_small_grid_whole(tmp_path):
+    """6 independent draws from BERT4Rec's suite grid (12 configurations) held 4 distinct ones, so
+    the same model trained 3 times; distinct draws give 6, and a 4-configuration space 4 trials."""
+    from mbrec.benchmark.search_space import distinct_configurations, draw_trials
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("space:\n  learning_rate: {choice: [0.0001, 0.001]}\n  mask_ratio: {choice: [0.2, 0.4, 0.6]}\n"
+                    "  hidden_dropout_prob: {choice: [0.1, 0.3]}\n")
+    space = load_search_space(grid)
+    assert distinct_configurations(space) == 12
+    configurations = lambda trials: {tuple(sorted(params.items())) for _, params in trials}  # noqa: E731
+    for seed in range(20):
+        independent = draw_trials(space, 6, seed, distinct=False)
+        distinct = draw_trials(space, 6, seed)
+        assert len(configurations(distinct)) == 6 and draw_trials(space, 6, seed) == distinct  # deterministic
+        if len(configurations(independent)) == 6:  # nothing to redraw: the same trials (the same sweep)
+            assert distinct == independent
+    grid.write_text("space:\n  learning_rate: [0.001, 0.01]\n  mask_ratio: {choice: [0.2, 0.4]}\n")
+    small = load_search_space(grid)
+    trials = draw_trials(small, 3, seed=1)  # 2 grid points x 3 samples, but 4 configurations
+    assert len(trials) == 4 and len(configurations(trials)) == 4
+    grid.write_text("space:\n  weight_decay: {loguniform: [1.0e-6, 1.0e-3]}\n")
+    assert distinct_configurations(load_search_space(grid)) is None
+    assert len(draw_trials(load_search_space(grid), 5, seed=1)) == 5

@@ -249,38 +249,70 @@ def with_ties(space, params):
 TRIAL_ID_DIGITS = 4
 
 
-def draw_trials(space, num_samples, seed):
+def distinct_configurations(space):
+    """How many distinct configurations ``space`` has, or None when a parameter is continuous."""
+    if any(param.kind not in (GRID, CHOICE) for param in space.swept):
+        return None
+    return math.prod(len(param.values) for param in space.swept)
+
+
+def draw_trials(space, num_samples, seed, distinct=True):
     """Every trial of a sweep as ``[(trial_id, params)]``, fixed before any trial starts.
 
     Trial ``i`` takes grid point ``i % grid_size`` (in file order) of sample ``i // grid_size``;
     its random parameters come from a generator seeded by ``(seed, i)``. The same sweep seed
     draws the same trials, so a trial id stays tied to one configuration across ``--resume``.
+
+    ``distinct``: in a space of finitely many configurations, a draw that repeats an earlier trial's
+    configuration is drawn again (generator ``(seed, i, attempt)``), and the sweep has at most as many
+    trials as configurations. A trial runs with the sweep's seed, so a repeat would train the same
+    model again: with independent draws, 6 random trials of the suite's small grids held 4-5
+    distinct configurations, i.e. less tuning budget for some models than for others, by chance.
+    ``distinct=False`` is the independent draw (sweeps planned before distinct draws).
     """
     grid_params = [param for param in space.swept if param.kind == GRID]
     points = list(itertools.product(*(param.values for param in grid_params)))
     total = int(num_samples) * len(points)
+    configurations = distinct_configurations(space) if distinct else None
+    if configurations is not None:
+        total = min(total, configurations)
     digits = max(TRIAL_ID_DIGITS, len(str(total - 1)))
-    trials = []
+    trials, seen = [], set()
     for index in range(total):
-        point = dict(zip((param.name for param in grid_params), points[index % len(points)]))
-        draw = random.Random(f"{seed}/{index}")
-        params = {}
-        for param in space.swept:
-            if param.kind == GRID:
-                params[param.name] = point[param.name]
-            elif param.kind == CHOICE:
-                params[param.name] = param.values[draw.randrange(len(param.values))]
-            elif param.kind == UNIFORM:
-                params[param.name] = draw.uniform(*param.values)
-            elif param.kind == LOGUNIFORM:
-                low, high = param.values
-                params[param.name] = math.exp(draw.uniform(math.log(low), math.log(high)))
-            else:  # QUNIFORM: low, high, step; a whole step keeps integers integers
-                low, high, step = param.values
-                value = round(draw.uniform(low, high) / step) * step
-                params[param.name] = int(value) if float(step).is_integer() and float(low).is_integer() else value
+        params = _draw_one(space, grid_params, points[index % len(points)], random.Random(f"{seed}/{index}"))
+        attempt = 0
+        while configurations is not None and _configuration(params) in seen:
+            attempt += 1
+            params = _draw_one(space, grid_params, points[index % len(points)],
+                               random.Random(f"{seed}/{index}/{attempt}"))
+        seen.add(_configuration(params))
         trials.append((f"{index:0{digits}d}", params))
     return trials
+
+
+def _configuration(params):
+    return tuple(sorted((name, repr(value)) for name, value in params.items()))
+
+
+def _draw_one(space, grid_params, grid_point, draw):
+    """One trial's parameters: the grid point's values, the random parameters from ``draw``."""
+    point = dict(zip((param.name for param in grid_params), grid_point))
+    params = {}
+    for param in space.swept:
+        if param.kind == GRID:
+            params[param.name] = point[param.name]
+        elif param.kind == CHOICE:
+            params[param.name] = param.values[draw.randrange(len(param.values))]
+        elif param.kind == UNIFORM:
+            params[param.name] = draw.uniform(*param.values)
+        elif param.kind == LOGUNIFORM:
+            low, high = param.values
+            params[param.name] = math.exp(draw.uniform(math.log(low), math.log(high)))
+        else:  # QUNIFORM: low, high, step; a whole step keeps integers integers
+            low, high, step = param.values
+            value = round(draw.uniform(low, high) / step) * step
+            params[param.name] = int(value) if float(step).is_integer() and float(low).is_integer() else value
+    return params
 
 
 def sweep_defaults():

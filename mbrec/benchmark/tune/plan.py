@@ -153,15 +153,24 @@ def plan_sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=
         "cache_dir": str(cache_dir) if cache_dir else None,
         "results_dir": str(Path(results_dir or store.default_results_dir()).resolve()),
     }
-    spec["name"] = name or default_sweep_name(grid_file, spec)
     # Every trial's id and parameters, fixed before any trial starts (the same on --resume).
-    spec["trials"] = [{"trial_id": trial_id, "params": params}
-                      for trial_id, params in draw_trials(space, options["num_samples"], spec["seed"])]
+    trials = draw_trials(space, options["num_samples"], spec["seed"])
+    spec["trials"] = [{"trial_id": trial_id, "params": params} for trial_id, params in trials]
+    # Distinct draws name a sweep anew only where they change its trials: a sweep whose independent
+    # draws were already distinct keeps its name (and its stored results); one that repeated a
+    # configuration is a different sweep now.
+    spec["draw"] = ("independent" if trials == draw_trials(space, options["num_samples"], spec["seed"], distinct=False)
+                    else DISTINCT_DRAW)
+    spec["name"] = name or default_sweep_name(grid_file, spec)
     if options["scheduler"] == "asha" and int(options["grace_period"]) >= max_validations:
         logger.warning(f"ASHA cannot stop any trial: grace_period {options['grace_period']} >= the "
                        f"{max_validations} validation(s) a trial makes (epochs / eval_step); lower --grace-period or "
                        f"use --scheduler fifo")
     return spec, sweep_dir_of(spec)
+
+
+# How trials were drawn when that changed the draws (see ``draw_trials``); part of the sweep's name.
+DISTINCT_DRAW = "distinct"
 
 
 def default_sweep_name(grid_file, spec):
@@ -170,6 +179,8 @@ def default_sweep_name(grid_file, spec):
                                           "seed")}
     # Options that change which trials run; resources and retries may differ on --resume.
     identity["options"] = {key: spec["options"][key] for key in SAMPLING_OPTION_KEYS}
+    if spec.get("draw") == DISTINCT_DRAW:
+        identity["draw"] = DISTINCT_DRAW
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode("utf-8")).hexdigest()
     return f"{Path(grid_file).stem}-{digest[:NAME_HASH_LENGTH]}"
 
@@ -192,5 +203,6 @@ def trial_params(spec):
 
 
 def expected_trials(spec):
-    """Trials the sweep makes in all: every grid point ``num_samples`` times."""
+    """Trials the sweep makes in all: every grid point ``num_samples`` times (at most one trial per
+    distinct configuration of a finite space, see ``draw_trials``)."""
     return len(spec["trials"])
