@@ -4,17 +4,21 @@ What is measured, per dataset setting, in one process with the same torch thread
 
 * ``stock``: RecBole's own ``Trainer._train_epoch`` over RecBole's ``TrainDataLoader`` on RecBole's
   stock ``SequentialDataset`` (every prefix materialized), RecBole's ``SASRec``;
-* ``prefix`` / ``sequence``: mbrec's ``Trainer._train_epoch`` with ``train_unit`` prefix / sequence
-  (fp32, and bf16 with ``precision=bf16``).
+* ``prefix`` / ``sequence`` / ``windows``: mbrec's ``Trainer._train_epoch`` with ``train_unit`` prefix /
+  sequence with batches of ``train_batch_size`` targets (``sequence_batch: targets``, the default) /
+  sequence with batches of ``train_batch_size`` windows (``sequence_batch: windows``); fp32, and bf16
+  with ``precision=bf16``.
 
-Times are process CPU-seconds (the machine is shared; run with OMP_NUM_THREADS=1). Every side trains ``--batches`` batches after ``--warmup`` untimed ones (gathering included) and the
+Times are process CPU-seconds (the machine is shared; run with OMP_NUM_THREADS=1). Every side trains ``--batches`` batches after ``--warmup`` untimed ones (gathering included; a side whose
+epoch has fewer batches trains one untimed epoch, then whole epochs up to ``--batches`` batches) and the
 seconds per epoch are the mean seconds per batch times the side's batches per epoch (prefix and stock:
-one batch per ``train_batch_size`` examples; sequence: the batches its loader cut for this epoch, each
-about ``train_batch_size`` targets). The output layer's share is the time of the all-item softmax
-alone (``[N, H] @ E^T``, cross-entropy, backward, for the N targets of a batch) over the side's step.
+one batch per ``train_batch_size`` examples; sequence and windows: the batches its loader cut for
+this epoch). The output layer's share is the time of the all-item softmax alone (``[N, H] @ E^T``,
+cross-entropy, backward, for the side's mean N targets per batch) over the side's step.
 
     OMP_NUM_THREADS=1 MBREC_DATA_DIR=... python benchmarks/train_unit_speed.py \\
-        [--settings retailrocket retailrocket-filtered taobao ijcai] [--batches 20] [--no-stock]
+        [--settings retailrocket retailrocket-filtered taobao ijcai] [--batches 20] [--no-stock] \\
+        [--sides prefix sequence windows] [--precisions fp32 bf16]
 """
 
 import argparse
@@ -39,10 +43,13 @@ SETTINGS = {
     "ijcai": ("ijcai", {}),
 }
 SEED = 2024
+# side -> the settings that make it
+SIDES = {"prefix": {"train_unit": "prefix"}, "sequence": {"train_unit": "sequence"},
+         "windows": {"train_unit": "sequence", "sequence_batch": "windows"}}
 
 
-def build(dataset_name, overrides, unit, cache_dir):
-    settings = merge_layers("SASRec", dataset_name, overrides={**overrides, "train_unit": unit, "show_progress": False})
+def build(dataset_name, overrides, side, cache_dir):
+    settings = merge_layers("SASRec", dataset_name, overrides={**overrides, **SIDES[side], "show_progress": False})
     _, dataset_dir = prepare_data(dataset_name, settings, cache_dir=cache_dir)
     config = build_config(registry.get_model_class("SASRec"), dataset_dir, settings)
     config["device"] = torch.device("cpu")
@@ -68,11 +75,14 @@ def ours(config, train, precision, warmup, batches):
     trainer.precision = precision
     loader = trainer.train_loader(train)
     batches_per_epoch = len(loader.epoch_batches())
-    if batches_per_epoch < warmup + batches:
-        raise SystemExit(f"an epoch has {batches_per_epoch} batches; lower --batches/--warmup")
+    targets_per_batch = getattr(loader, "n_targets", 0) / batches_per_epoch or loader.batch_size
+    if batches_per_epoch < warmup + batches:  # short epochs (windows): time whole epochs, one untimed first
+        epochs = -(-batches // batches_per_epoch)
+        seconds = timed(lambda n: [trainer._train_epoch(iter(loader), 0) for _ in range(n)], 1, epochs)
+        return seconds / batches_per_epoch, batches_per_epoch, round(targets_per_batch), model
     stream = iter(loader)  # one epoch's batches, in order
     seconds = timed(lambda n: trainer._train_epoch(itertools.islice(stream, n), 0), warmup, batches)
-    return seconds, batches_per_epoch, model
+    return seconds, batches_per_epoch, round(targets_per_batch), model
 
 
 def stock(config, warmup, batches):
@@ -110,18 +120,18 @@ def output_layer_seconds(model, n_targets, precision, repeats=10):
 
 def run_setting(name, args):
     dataset_name, overrides = SETTINGS[name]
-    configs = {unit: build(dataset_name, overrides, unit, args.cache_dir) for unit in ("prefix", "sequence")}
-    data = MultiBehaviorSequentialDataset(configs["prefix"])
+    configs = {side: build(dataset_name, overrides, side, args.cache_dir) for side in args.sides}
+    data = MultiBehaviorSequentialDataset(configs[args.sides[0]])
     train = data.build(splits=("train",))[0]
-    batch_size = int(configs["prefix"]["train_batch_size"])
+    batch_size = int(configs[args.sides[0]]["train_batch_size"])
     print(f"\n== {name}: {data.user_num - 1} users, {data.item_num - 1} items, {len(train.target_rows)} training "
           f"targets, window {data.max_item_list_len}, train_batch_size {batch_size}")
     rows = {}
-    for unit in ("prefix", "sequence"):
-        for precision in ("fp32", "bf16"):
-            seconds, per_epoch, model = ours(configs[unit], train, precision, args.warmup, args.batches)
-            share = output_layer_seconds(model, batch_size, precision) / seconds
-            rows[f"{unit} {precision}"] = (seconds, per_epoch, share)
+    for side in args.sides:
+        for precision in args.precisions:
+            seconds, per_epoch, targets, model = ours(configs[side], train, precision, args.warmup, args.batches)
+            share = output_layer_seconds(model, targets, precision) / seconds
+            rows[f"{side} {precision}"] = (seconds, per_epoch, share)
     if args.stock:
         leave_one_out = {"eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"}}
         seconds, per_epoch, build_seconds = stock(build(dataset_name, {**overrides, **leave_one_out}, "prefix",
@@ -132,13 +142,14 @@ def run_setting(name, args):
     for side, (seconds, per_epoch, share) in rows.items():
         print(f"{side:<16}{seconds:>12.3f}{per_epoch:>15}{seconds * per_epoch:>12.1f}{share:>20.0%}")
     epoch = {side: seconds * per_epoch for side, (seconds, per_epoch, _) in rows.items()}
-    ratios = [f"prefix/sequence fp32 {epoch['prefix fp32'] / epoch['sequence fp32']:.1f}x",
-              f"prefix/sequence bf16 {epoch['prefix bf16'] / epoch['sequence bf16']:.1f}x",
-              f"bf16/fp32 prefix {epoch['prefix bf16'] / epoch['prefix fp32']:.2f}",
-              f"bf16/fp32 sequence {epoch['sequence bf16'] / epoch['sequence fp32']:.2f}"]
-    if args.stock:
-        ratios.insert(0, f"stock/sequence {epoch['stock fp32'] / epoch['sequence fp32']:.1f}x, "
-                         f"prefix/stock {epoch['prefix fp32'] / epoch['stock fp32']:.2f}")
+    ratios = []
+    for precision in args.precisions:
+        ratios += [f"{a}/{b} {precision} {epoch[f'{a} {precision}'] / epoch[f'{b} {precision}']:.1f}x"
+                   for a, b in itertools.combinations(args.sides, 2)]
+    if "bf16" in args.precisions and "fp32" in args.precisions:
+        ratios += [f"bf16/fp32 {side} {epoch[f'{side} bf16'] / epoch[f'{side} fp32']:.2f}" for side in args.sides]
+    if args.stock and "fp32" in args.precisions:
+        ratios += [f"stock/{side} {epoch['stock fp32'] / epoch[f'{side} fp32']:.1f}x" for side in args.sides]
     print("per epoch: " + "; ".join(ratios))
 
 
@@ -148,6 +159,8 @@ def main(argv=None):
     parser.add_argument("--batches", type=int, default=20, help="timed batches per side")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches per side first")
     parser.add_argument("--no-stock", dest="stock", action="store_false", help="skip RecBole's stock trainer")
+    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=list(SIDES))
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--cache-dir", default=None)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")

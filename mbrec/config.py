@@ -14,7 +14,7 @@ from recbole.data.transform import construct_transform
 
 from mbrec import registry
 from mbrec.config_check import ConfigError, check_user_keys, check_values
-from mbrec.data.dataset import TRAIN_UNIT_KINDS, TRAIN_UNITS
+from mbrec.data.dataset import SEQUENCE_BATCHES, TRAIN_UNIT_KINDS, TRAIN_UNITS
 from mbrec.data.declarations import declaration_file
 from mbrec.data.prepare import update_prepare_options
 from mbrec.utils import PROPERTIES_DIR
@@ -189,6 +189,8 @@ def check_train_unit(model_class, settings):
 
     Called before any data is loaded. Sequence mode computes the loss in the model from whole
     windows, so it takes no sampled negatives (the models' sequence losses are over all items).
+    ``sequence_batch`` (what ``train_batch_size`` counts) must agree with the unit: prefix and
+    Cloze batches count only what they hold (targets; windows), causal sequence batches either.
     """
     unit = settings.get("train_unit") or "prefix"
     name = model_class.__name__
@@ -197,8 +199,16 @@ def check_train_unit(model_class, settings):
     supported = tuple(getattr(model_class, "train_units", ("prefix",)))
     if unit not in supported:
         raise ConfigError(f"{name} does not train with train_unit: {unit}; it supports {list(supported)}")
+    kind = getattr(model_class, "train_unit_kind", None) if unit == "sequence" else "prefix"
+    counts = settings.get("sequence_batch")
+    if counts is not None and counts not in SEQUENCE_BATCHES:
+        raise ConfigError(f"sequence_batch must be one of {list(SEQUENCE_BATCHES)}, got {counts!r}")
+    if counts is not None and counts != {"prefix": "targets", "cloze": "windows"}.get(kind, counts):
+        raise ConfigError(f"sequence_batch: {counts} does not apply to {name} with train_unit: {unit} "
+                          f"({'its' if kind == 'cloze' else 'prefix'} batches hold train_batch_size "
+                          f"{'windows' if kind == 'cloze' else 'targets'}); it is for causal sequence mode")
     if unit == "sequence":
-        if getattr(model_class, "train_unit_kind", None) not in TRAIN_UNIT_KINDS:
+        if kind not in TRAIN_UNIT_KINDS:
             raise ConfigError(f"{name} declares train_unit sequence but no train_unit_kind in {TRAIN_UNIT_KINDS}")
         negatives = settings.get("train_neg_sample_args") or {}
         if negatives.get("distribution", "none") not in (None, "none"):

@@ -153,6 +153,83 @@ def test_the_trainer_builds_the_loader_of_the_train_unit(splits):
     assert isinstance(Trainer(config, CausalStub(), "cpu").train_loader(train), WindowLoader)
 
 
+# ----- sequence_batch: what train_batch_size counts in a causal sequence-mode batch ------------------
+
+def epoch_targets(batches, dataset):
+    """(user, item, behavior) of every target the windows of ``batches`` predict."""
+    users, items, behaviors = (dataset.row_arrays[field] for field in ("user_id", "item_id", "behavior"))
+    rows = np.concatenate([np.arange(first + 1, first + n_rows) for windows in batches for first, n_rows in windows])
+    return Counter(zip(users[rows].tolist(), items[rows].tolist(), behaviors[rows].tolist()))
+
+
+def test_window_batches_hold_train_batch_size_windows_and_every_training_target_once(splits):
+    config, dataset, (train, valid, test) = splits
+    prefix = Counter()
+    for batch in SequenceLoader(config, train, 7, shuffle=True, training=True):
+        prefix.update(zip(batch["user_id"].tolist(), batch["item_id"].tolist(), batch["behavior"].tolist()))
+    config["sequence_batch"] = "windows"
+    loader = WindowLoader(config, train, 7, kind="causal")
+    init_seed(3, True)
+    batches = loader.epoch_batches()
+    assert [len(windows) for windows in batches[:-1]] == [7] * (len(batches) - 1) and 1 <= len(batches[-1]) <= 7
+    assert len(batches) == len(loader) == -(-len(dataset.causal_windows()) // 7)
+    assert len(batches) < -(-len(train.target_rows) // 7)  # fewer optimizer steps than prefix mode
+    assert epoch_targets(batches, dataset) == prefix and sum(prefix.values()) == len(train.target_rows)
+    touched = set(window_rows(np.concatenate(batches)).tolist())
+    assert touched.isdisjoint(valid.target_rows.tolist()) and touched.isdisjoint(test.target_rows.tolist())
+    built = [loader.build_batch(windows) for windows in batches]
+    assert sum(int((batch[TARGET_ITEM_LIST] > 0).sum()) for batch in built) == len(train.target_rows)
+    assert all(batch["item_id_list"].shape == (len(windows), WINDOW) for batch, windows in zip(built, batches))
+
+
+def test_by_default_a_batch_holds_about_train_batch_size_targets(splits):
+    config, dataset, (train, _, _) = splits
+    assert config["sequence_batch"] is None  # no layer sets it: the run keys of existing runs stay as they were
+    init_seed(3, True)
+    default = WindowLoader(config, train, 7, kind="causal").epoch_batches()
+    config["sequence_batch"] = "targets"
+    init_seed(3, True)
+    explicit = WindowLoader(config, train, 7, kind="causal").epoch_batches()
+    assert len(default) == len(explicit) and all(np.array_equal(a, b) for a, b in zip(default, explicit))
+    # the blocks of targets of the unit before sequence_batch existed: a batch starts each 7th target
+    init_seed(3, True)
+    windows = dataset.causal_windows()[torch.randperm(len(dataset.causal_windows())).numpy()]
+    starts = np.cumsum([0] + [len(batch) for batch in default[:-1]])
+    targets_before = np.concatenate([[0], np.cumsum(windows[:, 1] - 1)[:-1]])
+    assert np.array_equal(np.concatenate(default), windows)
+    assert np.array_equal(targets_before[starts] // 7, np.arange(len(default)))
+    assert epoch_targets(default, dataset) == epoch_targets([windows], dataset)
+
+
+def test_cloze_windows_are_counted_the_same_with_either_setting(splits):
+    config, _, (train, _, _) = splits
+    n_users = len(train.training_parts()[0])
+    for counts in (None, "windows"):
+        config["sequence_batch"] = counts
+        loader = WindowLoader(config, train, 7, kind="cloze")
+        assert [len(windows) for windows in loader.epoch_batches()][:-1] == [7] * (len(loader) - 1)
+        assert len(loader) == -(-n_users // 7)
+
+
+def test_sequence_batch_is_checked_against_the_unit_and_enters_the_run_key(tmp_path):
+    from mbrec import results
+    from mbrec.benchmark import integrity
+    from mbrec.config import merge_layers
+
+    folder = write_inter(tmp_path, "varied", varied_rows())
+    with pytest.raises(ConfigError, match="sequence_batch must be one of"):
+        make_config("SASRec", folder, behaviors=BEHAVIORS, sequence_batch="users")
+    with pytest.raises(ConfigError, match="does not apply to BERT4Rec"):
+        make_config("BERT4Rec", folder, behaviors=BEHAVIORS, sequence_batch="targets")
+    with pytest.raises(ConfigError, match="does not apply to SASRec with train_unit: prefix"):
+        make_config("SASRec", folder, behaviors=BEHAVIORS, train_unit="prefix", sequence_batch="windows")
+    assert make_config("SASRec", folder, behaviors=BEHAVIORS, sequence_batch="windows")["sequence_batch"] == "windows"
+    keys = {counts: results.run_key("SASRec", "synthetic", integrity.key_settings(
+        merge_layers("SASRec", "synthetic", overrides={} if counts is None else {"sequence_batch": counts})), 1, "d")
+        for counts in (None, "windows")}
+    assert keys[None] != keys["windows"]  # a known key (not refused as unknown), and in the run key
+
+
 # ----- causal models: one sequence-mode pass = the prefix examples' losses ---------------------------
 
 CAUSAL_MODELS = ["SASRec", "GRU4Rec", "SASRec_B", "SASRec_MB", "PBAT"]

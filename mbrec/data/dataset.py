@@ -31,7 +31,7 @@ valid target, so valid and test targets never enter it), built by :class:`Window
   target of prefix mode is predicted exactly once per epoch. A part of at most L + 1 rows is one
   window and each position sees exactly the history its prefix example sees; in a later window of
   a longer part, a target sees the rows of its window before it (1 to L) where its prefix example
-  sees the L rows before it.
+  sees the L rows before it. A batch holds ``train_batch_size`` targets or windows (``sequence_batch``).
 * Cloze models (``train_unit_kind = "cloze"``): one window of at most W rows per user and epoch,
   the part's last W rows or, for a longer part, with probability ``cloze_random_window_prob``
   (default 0: never) a uniformly drawn window of W rows; the model draws its own masks. W is the
@@ -55,6 +55,7 @@ SPLITS = ("train", "valid", "test")
 PAD_ID = 0
 TRAIN_UNITS = ("prefix", "sequence")
 TRAIN_UNIT_KINDS = ("causal", "cloze")
+SEQUENCE_BATCHES = ("targets", "windows")  # config ``sequence_batch``: what train_batch_size counts
 CLOZE_WINDOW_ROWS = {"window": 0, "window+slot": 1}  # a Cloze model's window: L rows, or L + 1 (docstring)
 # Sequence-mode batch fields of causal windows: what each input position predicts.
 TARGET_ITEM_LIST = "target_item_list"
@@ -457,9 +458,10 @@ class WindowLoader(SequenceLoader):
     ``kind`` is the model's ``train_unit_kind``. Causal: every window each epoch, shuffled; a batch
     holds the windows whose first target falls in its block of ``batch_size`` targets, so it
     covers about as many (history, target) pairs as a prefix-mode batch (at most
-    ``batch_size + L - 1``) and an epoch takes about as many optimizer steps. Cloze: one window
-    per user (``cloze_window_rows``), redrawn each epoch, ``batch_size`` windows a batch. No batch
-    transform and no negative sampling: the model computes its loss from the windows.
+    ``batch_size + L - 1``) and an epoch takes about as many optimizer steps; with
+    ``sequence_batch: windows``, ``batch_size`` windows a batch (up to L times fewer steps). Cloze:
+    one window per user (``cloze_window_rows``), redrawn each epoch, ``batch_size`` windows a batch.
+    No batch transform and no negative sampling: the model computes its loss from the windows.
     """
 
     def __init__(self, config, split_dataset, batch_size, kind, prefetch=0, pin_memory=False,
@@ -477,21 +479,21 @@ class WindowLoader(SequenceLoader):
             raise DatasetError(f"cloze_window_rows must be in {list(CLOZE_WINDOW_ROWS)}, got {cloze_window_rows!r}")
         self.width = None if self.causal else split_dataset.max_item_list_len + CLOZE_WINDOW_ROWS[cloze_window_rows]
         self.n_targets = int(self.windows[:, 1].sum() - len(self.windows)) if self.causal else 0
+        self.by_targets = self.causal and (config["sequence_batch"] or "targets") == "targets"
 
     def __len__(self):
-        if self.causal:  # an upper bound: the last batch may end up merged into the one before
+        if self.by_targets:  # an upper bound: the last batch may end up merged into the one before
             return (self.n_targets + self.batch_size - 1) // self.batch_size
-        return (len(self.dataset.training_parts()[0]) + self.batch_size - 1) // self.batch_size
+        n_windows = len(self.windows) if self.causal else len(self.dataset.training_parts()[0])
+        return (n_windows + self.batch_size - 1) // self.batch_size
 
     def epoch_batches(self):
-        if not self.causal:
-            windows = self.dataset.cloze_windows(self.random_window_prob, self.width)
-            windows = windows[torch.randperm(len(windows)).numpy()]
+        windows = self.windows if self.causal else self.dataset.cloze_windows(self.random_window_prob, self.width)
+        windows = windows[torch.randperm(len(windows)).numpy()]
+        if not self.by_targets:  # batch_size windows a batch
             return [windows[begin:begin + self.batch_size] for begin in range(0, len(windows), self.batch_size)]
-        windows = self.windows[torch.randperm(len(self.windows)).numpy()]
         targets_before = np.cumsum(windows[:, 1] - 1) - (windows[:, 1] - 1)  # [W]
-        block = targets_before // self.batch_size
-        cuts = np.flatnonzero(np.diff(block)) + 1
+        cuts = np.flatnonzero(np.diff(targets_before // self.batch_size)) + 1
         return np.split(windows, cuts)
 
     def build_batch(self, windows):
