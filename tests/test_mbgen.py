@@ -399,6 +399,26 @@ def test_user_token_placement(rule_data, placement):
     assert torch.allclose(memory, moved) == (placement == "none")
 
 
+@pytest.mark.parametrize("buckets", [1, 3, 16])
+def test_n_user_buckets_sets_how_many_users_share_a_token(rule_data, buckets):
+    """``n_user_buckets``: the user token is one of that many; the hash is a bijection on consecutive ids modulo
+    the buckets, so 60 users fill min(60, buckets) of them, and with one bucket the user is invisible."""
+    config, model, _, valid, _ = rule_data(n_user_buckets=buckets)
+    model.eval()
+    assert model.layout.vocab_size - model.layout.user_offset == buckets
+    tokens = model.user_tokens(torch.arange(1, 61))
+    assert tokens.min() >= model.layout.user_offset and tokens.max() < model.layout.vocab_size
+    assert len(tokens.unique()) == min(60, buckets)
+    batch = eval_batch(config, valid)
+    with torch.no_grad():
+        memory, _ = model.encode(batch)
+        original_users = batch["user_id"].clone()
+        batch["user_id"] = original_users + 1
+        moved, _ = model.encode(batch)
+        batch["user_id"] = original_users
+    assert torch.allclose(memory, moved) == (buckets == 1)
+
+
 def test_user_token_rejects_unknown_placement(rule_data):
     with pytest.raises(ValueError, match="user_token must be one of"):
         rule_data(user_token="middle")
