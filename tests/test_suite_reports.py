@@ -222,3 +222,16 @@ def test_budget_line_names_the_models_with_their_own_epoch_cap():
     line = suite_section(cpu, [make_record("Pop", ranks_with_hits(5, 1), 1, dataset="retailrocket_f10",
                                            suite="cpu")], write_plot=False)
     assert "Epoch cap 100 (" in line and "BERT4Rec 600" in line and "FatsMB 100 per stage" in line
+
+
+def test_the_suite_runner_closing_tables_say_why_they_cannot_be_built(tmp_path, capsys):
+    from mbrec.reporting.suite_tables import print_suite_report
+
+    results_dir = tmp_path / "results"
+    for key in ("old", "new"):
+        record = make_record("SASRec", ranks_with_hits(50, 1), 1, dataset="synthetic_ci", suite="ci")
+        record["run_key"] = key
+        store.save_record(store.compressed_path(store.record_path(results_dir, "SASRec", "synthetic", 1, key)),
+                          record)
+    print_suite_report(load_suite("ci"), results_dir)  # no traceback: the suite's runs are stored already
+    assert capsys.readouterr().err.startswith("error: no tables: two stored runs are SASRec")

@@ -224,8 +224,12 @@ def suite_report(suite, results_dir, claims_file=CLAIMS_FILE, write_plot=True):
 
 
 def print_suite_report(suite, results_dir):
-    """The suite runner's closing output: the suite's tables."""
-    section, _, problems = suite_report(suite, results_dir, claims_file=None)
+    """The suite runner's closing output: the suite's tables (or why they cannot be built)."""
+    try:
+        section, _, problems = suite_report(suite, results_dir, claims_file=None)
+    except (SuiteError, ProtocolMismatch) as error:  # the runs are stored; only the tables wait
+        print(f"error: no tables: {error}", file=sys.stderr)
+        return
     print(section)
     for problem in problems:
         print(f"  - {problem}", file=sys.stderr)
