@@ -170,3 +170,21 @@ def test_training_runs_without_autograd_anomaly_detection(tmp_path):
     train, _, _ = MultiBehaviorSequentialDataset(config).build()
     Trainer(config, registry.get_model_class("SASRec")(config, train), torch.device("cpu"))
     assert not torch.is_anomaly_enabled()
+
+
+def test_patience_cannot_stop_training_before_stopping_min_epochs(tmp_path, monkeypatch):
+    """A flat valid score (a Cloze model's first plateau) stops a run after stopping_step + 1 bad
+    validations; with stopping_min_epochs it trains at least that many epochs first."""
+    monkeypatch.setattr(Trainer, "validate", lambda self, valid: 0.5)  # never improves after epoch 0
+
+    def epochs_run(**settings):
+        config = make_config("SASRec", write_inter(tmp_path, "flat", ROWS), behaviors=["view", "cart", "buy"],
+                             hidden_size=8, inner_size=16, n_layers=1, epochs=12, stopping_step=1, **settings)
+        train, valid = MultiBehaviorSequentialDataset(config).build(splits=("train", "valid"))
+        trainer = Trainer(config, registry.get_model_class("SASRec")(config, train), torch.device("cpu"))
+        summary = trainer.fit(train, valid, tmp_path / "best.pth")
+        return summary["epochs_run"], summary["stopped_by"]
+
+    assert epochs_run() == (3, "patience")
+    assert epochs_run(stopping_min_epochs=8) == (8, "patience")
+    assert epochs_run(stopping_min_epochs=20) == (12, "epoch_cap")

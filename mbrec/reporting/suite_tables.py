@@ -78,7 +78,8 @@ def _model_caps(suite):
     caps = []
     for model, settings in suite.model_overrides.items():
         if "epochs" in settings:
-            caps.append(f"{model} {settings['epochs']}")
+            floor = settings.get("stopping_min_epochs")
+            caps.append(f"{model} {settings['epochs']}" + (f", no early stop before {floor}" if floor else ""))
         stage_caps = sorted({value for key, value in settings.items() if key.endswith("_epochs")})
         if stage_caps:
             caps.append(f"{model} {'/'.join(str(value) for value in stage_caps)} per stage")

@@ -130,7 +130,7 @@ class StagedTrainer(Trainer):
                             f"{entry['train_seconds']:.1f}s")
                 self.notify_validation(entry, best_score, best_epoch)  # sweeps see every validation
             self.history.append(entry)
-            if bad_validations > self.stopping_step:
+            if bad_validations > self.stopping_step and stage_epoch + 1 >= self.stopping_min_epochs:
                 logger.info(f"stage {stage}: early stopping after epoch {epoch}")
                 stopped_by = STOPPED_BY_PATIENCE
                 break
