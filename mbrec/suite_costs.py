@@ -10,11 +10,11 @@ estimate) and reporting (the README's cost table, which may not import the bench
 read it.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mbrec import results as store
+from mbrec.utils import read_json_or_none
 from mbrec.suites import entry_annotations
 
 # The benchmark's names for the sweep folder, its files and an unstarted trial
@@ -53,22 +53,14 @@ class SweepCost:
         return sum(self.trial_seconds) * self.cpus_per_trial / SECONDS_PER_HOUR
 
 
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
-
-
 def sweep_costs(results_dir):
     """:class:`SweepCost` of every sweep under ``<results_dir>/sweeps/`` with a summary, in path order."""
     costs = []
     for summary_file in sorted(Path(results_dir).glob(f"{SWEEPS_DIRNAME}/*/*/*/{SUMMARY_JSON}")):
-        summary = _read_json(summary_file)
+        summary = read_json_or_none(summary_file)
         if not isinstance(summary, dict):
             continue
-        spec = _read_json(summary_file.with_name(SPEC_JSON)) or {}
+        spec = read_json_or_none(summary_file.with_name(SPEC_JSON)) or {}
         options = summary.get("options") or spec.get("options") or {}
         cost = SweepCost(sweep=str(summary.get("sweep", summary_file.parent.name)),
                          model=str(summary.get("model", spec.get("model"))),

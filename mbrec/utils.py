@@ -55,6 +55,15 @@ def atomic_path(target):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def read_json_or_none(path):
+    """The JSON in ``path``, or None when the file is missing or unreadable (a half-finished trial's)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
 def write_json_atomic(path, obj):
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as handle:

@@ -191,15 +191,20 @@ def test_write_readme_replaces_only_the_suite_section(tmp_path, capsys):
     assert NOT_YET_RUN in suite_section(suite, [])
 
 
-def test_two_stored_configurations_of_one_seed_are_refused_not_averaged(tmp_path, capsys):
-    """After a suite setting changes (e.g. an epoch cap), the old record of a seed stays beside the new
-    one under another run key; the table must name both, not average them as if they were two seeds."""
-    results_dir = tmp_path / "results"
+def save_two_runs_of_one_seed(results_dir):
+    """Two stored SASRec runs of seed 1 of suite ci under two run keys (an old and a new setting)."""
     for key in ("old", "new"):
         record = make_record("SASRec", ranks_with_hits(50, 1), 1, dataset="synthetic_ci", suite="ci")
         record["run_key"] = key
         store.save_record(store.compressed_path(store.record_path(results_dir, "SASRec", "synthetic", 1, key)),
                           record)
+    return results_dir
+
+
+def test_two_stored_configurations_of_one_seed_are_refused_not_averaged(tmp_path, capsys):
+    """After a suite setting changes (e.g. an epoch cap), the old record of a seed stays beside the new
+    one under another run key; the table must name both, not average them as if they were two seeds."""
+    results_dir = save_two_runs_of_one_seed(tmp_path / "results")
     assert suite_table_main(["--suite", "ci", "--results-dir", str(results_dir)]) == 1
     error = capsys.readouterr().err
     assert "two stored runs are SASRec on synthetic_ci seed 1" in error and "old" in error and "new" in error
@@ -227,11 +232,6 @@ def test_budget_line_names_the_models_with_their_own_epoch_cap():
 def test_the_suite_runner_closing_tables_say_why_they_cannot_be_built(tmp_path, capsys):
     from mbrec.reporting.suite_tables import print_suite_report
 
-    results_dir = tmp_path / "results"
-    for key in ("old", "new"):
-        record = make_record("SASRec", ranks_with_hits(50, 1), 1, dataset="synthetic_ci", suite="ci")
-        record["run_key"] = key
-        store.save_record(store.compressed_path(store.record_path(results_dir, "SASRec", "synthetic", 1, key)),
-                          record)
+    results_dir = save_two_runs_of_one_seed(tmp_path / "results")
     print_suite_report(load_suite("ci"), results_dir)  # no traceback: the suite's runs are stored already
     assert capsys.readouterr().err.startswith("error: no tables: two stored runs are SASRec")

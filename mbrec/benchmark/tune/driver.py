@@ -21,7 +21,7 @@ from mbrec.benchmark.tune.trial import (
     TRIAL_LOG, train_trial, trial_dir_of, trial_dirname,
 )
 from mbrec.config import ConfigError, deep_update
-from mbrec.utils import REPO_DIR, write_json_atomic
+from mbrec.utils import REPO_DIR, read_json_or_none, write_json_atomic
 
 logger = logging.getLogger("mbrec")
 
@@ -92,7 +92,7 @@ def _progress_callback(spec, total, done):
 def _file_trial_end(spec, trial_id, last_result, lost_worker):
     """Write what became of one attempt of a trial into its ``status.json``; return the entry."""
     trial_dir = trial_dir_of(spec, trial_id)
-    outcome, failure = _read_json(trial_dir / OUTCOME_FILE), _read_json(trial_dir / FAILURE_FILE)
+    outcome, failure = read_json_or_none(trial_dir / OUTCOME_FILE), read_json_or_none(trial_dir / FAILURE_FILE)
     validations = int(last_result.get("training_iteration") or 0)
     entry = {"ended": datetime.now(timezone.utc).isoformat(timespec="seconds"), "validations": validations,
              "best_valid": last_result.get("best_valid_score"), "error": None,
@@ -108,19 +108,11 @@ def _file_trial_end(spec, trial_id, last_result, lost_worker):
         entry["status"] = STOPPED
     else:
         entry.update(status=FAILED, error="ended without reporting a valid score")
-    status = _read_json(trial_dir / STATUS_FILE) or {"trial_id": trial_id, "attempts": []}
+    status = read_json_or_none(trial_dir / STATUS_FILE) or {"trial_id": trial_id, "attempts": []}
     status["attempts"].append(entry)
     trial_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(trial_dir / STATUS_FILE, status)
     return entry
-
-
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
 
 
 def run_sweep(spec, sweep_dir, resume=False, retry_failed=False, ray_address=None, callbacks=()):
@@ -187,8 +179,8 @@ def collect_trials(spec):
     trials = []
     for planned in spec["trials"]:
         trial_dir = trial_dir_of(spec, planned["trial_id"])
-        outcome, failure = _read_json(trial_dir / OUTCOME_FILE), _read_json(trial_dir / FAILURE_FILE)
-        history = (_read_json(trial_dir / STATUS_FILE) or {}).get("attempts", [])
+        outcome, failure = read_json_or_none(trial_dir / OUTCOME_FILE), read_json_or_none(trial_dir / FAILURE_FILE)
+        history = (read_json_or_none(trial_dir / STATUS_FILE) or {}).get("attempts", [])
         last = history[-1] if history else {}
         if outcome is not None:  # trained to its end: its own numbers, whatever Ray saved
             status, best_valid = COMPLETED, outcome.get("best_valid_score")
@@ -241,7 +233,7 @@ def _trial_seconds(trial_dir):
 
 def _seconds_from_timestamps(trial_dir):
     attempts_file = trial_dir / ATTEMPTS_FILE
-    ended = [attempt.get("ended") for attempt in (_read_json(trial_dir / STATUS_FILE) or {}).get("attempts", [])]
+    ended = [attempt.get("ended") for attempt in (read_json_or_none(trial_dir / STATUS_FILE) or {}).get("attempts", [])]
     if not attempts_file.is_file() or not ended:
         return None
     try:
@@ -259,7 +251,7 @@ def fill_trial_seconds(sweep_dir):
     """Write each trial's ``seconds`` into a sweep's ``summary.json`` where it lacks them (a summary
     from before trials were timed), from the trial folders beside it; return how many were filled."""
     summary_file = Path(sweep_dir) / SUMMARY_JSON
-    summary = _read_json(summary_file)
+    summary = read_json_or_none(summary_file)
     if not isinstance(summary, dict):
         return 0
     filled = 0
