@@ -80,9 +80,12 @@ def _model_caps(suite):
         if "epochs" in settings:
             floor = settings.get("stopping_min_epochs")
             caps.append(f"{model} {settings['epochs']}" + (f", no early stop before {floor}" if floor else ""))
-        stage_caps = sorted({value for key, value in settings.items() if key.endswith("_epochs")})
+        stage_caps = sorted({value for key, value in settings.items()
+                             if key.endswith("_epochs") and key != "stopping_min_epochs"})
         if stage_caps:
-            caps.append(f"{model} {'/'.join(str(value) for value in stage_caps)} per stage")
+            floor = settings.get("stopping_min_epochs")
+            caps.append(f"{model} {'/'.join(str(value) for value in stage_caps)} per stage"
+                        + (f", no early stop before {floor}" if floor and "epochs" not in settings else ""))
     return f" ({'; '.join(caps)})" if caps else ""
 
 
