@@ -35,14 +35,18 @@ SEED = 2024
 SIDES = [(1, "fp32"), (2, "fp32"), (1, "bf16"), (2, "bf16")]
 
 
-def build_side(model_name, dataset, precision, cache_dir):
-    """A fresh model and trainer (same seed for every side) and an endless batch stream."""
+def build_data(model_name, dataset, cache_dir):
+    """The model's config and training split, built once and shared by every side."""
     settings = merge_layers(model_name, dataset, overrides={"show_progress": False})
     _, dataset_dir = prepare_data(dataset, settings, cache_dir=cache_dir)
-    model_class = registry.get_model_class(model_name)
-    config = build_config(model_class, dataset_dir, settings)
+    config = build_config(registry.get_model_class(model_name), dataset_dir, settings)
     config["device"] = torch.device("cpu")
-    train = MultiBehaviorSequentialDataset(config).build(splits=("train",))[0]
+    return config, MultiBehaviorSequentialDataset(config).build(splits=("train",))[0]
+
+
+def build_side(model_name, config, train, precision):
+    """A fresh model and trainer (same seed for every side) and an endless batch stream."""
+    model_class = registry.get_model_class(model_name)
     init_seed(SEED, True)
     model = model_class(config, train)
     trainer = Trainer(config, model, "cpu")
@@ -60,7 +64,8 @@ def wall_per_batch(trainer, stream, threads, batches):
 
 
 def run_model(model_name, args):
-    sides = {side: build_side(model_name, args.dataset, side[1], args.cache_dir) for side in SIDES}
+    config, train = build_data(model_name, args.dataset, args.cache_dir)
+    sides = {side: build_side(model_name, config, train, side[1]) for side in SIDES}
     _, _, per_epoch, unit = sides[SIDES[0]]
     for (threads, _), (trainer, stream, _, _) in sides.items():  # warm up every side (allocators, caches)
         wall_per_batch(trainer, stream, threads, args.warmup)

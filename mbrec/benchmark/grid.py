@@ -103,6 +103,12 @@ def grid_jobs(args, overrides):
             for seed in args.seeds]
 
 
+def grid_models(jobs, command_models=None):
+    """The models whose keys a shared override may name: ``command_models``, else the jobs' models
+    (a key one of them knows is not misspelt)."""
+    return list(command_models) if command_models is not None else list(dict.fromkeys(job.model for job in jobs))
+
+
 def plan_grid(args, overrides, jobs=None, command_models=None):
     """Split the grid into stored records, runs to submit and runs that cannot start (bad input).
 
@@ -112,8 +118,7 @@ def plan_grid(args, overrides, jobs=None, command_models=None):
     """
     stored, pending, failures = [], [], []
     jobs = jobs if jobs is not None else grid_jobs(args, overrides)
-    if command_models is None:  # a key one of them knows is not misspelt
-        command_models = list(dict.fromkeys(job.model for job in jobs))
+    command_models = grid_models(jobs, command_models)
     for job in jobs:
         model, dataset, seed = job.model, job.dataset, job.seed
         try:
@@ -144,6 +149,8 @@ def run_grid(args, overrides, jobs=None, command_models=None):
     ``command_models``: see :func:`plan_grid`."""
     from mbrec.benchmark.tune import connect_ray, require_ray
 
+    jobs = jobs if jobs is not None else grid_jobs(args, overrides)
+    command_models = grid_models(jobs, command_models)  # the workers check keys against the same list
     records, pending, failures = plan_grid(args, overrides, jobs, command_models)
     logger.info(f"grid: {len(records) + len(pending) + len(failures)} runs; {len(records)} stored (skipped), "
                 f"{len(pending)} to run, {len(failures)} cannot start")
@@ -156,9 +163,6 @@ def run_grid(args, overrides, jobs=None, command_models=None):
         task = ray.remote(run_in_worker).options(num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run,
                                                  max_retries=args.max_retries, retry_exceptions=False)
         device = run_device(args)
-        if command_models is None:
-            command_models = list(dict.fromkeys([job.model for job in pending] + [record["model"] for record in records]
-                                                + [failure[0] for failure in failures]))
         dataset_files = sorted(declared_dataset_files().values())
         grid_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"  # tells this grid's attempts from older logs
         waiting = {task.remote(job.model, job.dataset, args.config_files, job.overrides, job.seed, device,
