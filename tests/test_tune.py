@@ -156,3 +156,14 @@ def test_a_trial_never_builds_or_evaluates_test(tmp_path, monkeypatch):
     _fit_trial(spec, overrides, {"hidden_size": 16}, tmp_path / "trial", FakeTune)
     assert "test" not in built_splits and {"train", "valid"} <= set(built_splits)
     assert evaluated == ["valid", "valid"] and len(reports) == 2  # one validation per epoch, each reported
+
+
+def test_asha_never_stops_a_trial_before_the_models_stopping_floor(tmp_path, ray_session):
+    # Rungs at grace 1 (reduction 2) would judge trials after 1, 2 and 4 validations; with a floor of 3
+    # epochs the first rung is at validation 1 + 3 = 4, so every trial reports at least 4 scores.
+    summary = sweep(tmp_path, "SASRec", GRIDS / "tiny.yaml", epochs=6,
+                    overrides={**TINY, "stopping_min_epochs": 3},
+                    cli_options={"scheduler": "asha", "grace_period": 1, "reduction_factor": 2})
+    spec = json.loads((Path(summary["trials"][0]["dir"]).parents[1] / tune.SPEC_FILE).read_text())
+    assert (spec["asha_grace"], spec["floor_validations"]) == (4, 3)
+    assert all(len(reported_scores(trial)) >= 4 for trial in summary["trials"])

@@ -128,3 +128,18 @@ def test_sensitivity_plot_log_axis_for_log_uniform_and_stopped_trials_apart():
     assert rate_axis.get_xscale() == "log"  # a span of 4 only: log-uniform still means a log axis
     labels = {collection.get_label(): len(collection.get_offsets()) for collection in rate_axis.collections}
     assert labels == {"completed": 2, "stopped early": 1}
+
+
+def test_asha_grace_counts_after_the_stopping_floor_and_names_the_sweep_anew(tmp_path):
+    (tmp_path / "grid.yaml").write_text("space:\n  learning_rate: [0.001, 0.01]\n")
+    kwargs = dict(epochs=40, cli_options={"grace_period": 3}, cache_dir=tmp_path / "cache",
+                  results_dir=tmp_path / "results")
+    plain, _ = tune.plan_sweep("SASRec", "synthetic", tmp_path / "grid.yaml", overrides=TINY, **kwargs)
+    floored, _ = tune.plan_sweep("SASRec", "synthetic", tmp_path / "grid.yaml",
+                                 overrides={**TINY, "stopping_min_epochs": 10, "eval_step": 2}, **kwargs)
+    assert (plain["asha_grace"], plain["floor_validations"]) == (3, 0)
+    assert (floored["asha_grace"], floored["floor_validations"]) == (3 + 5, 5)  # 10 epochs = 5 validations
+    # a sweep without a floor is named as before the rule (its stored results stay valid)
+    before_the_rule = {key: value for key, value in plain.items() if key not in ("asha_grace", "floor_validations")}
+    assert tune.default_sweep_name(plain["grid_file"], before_the_rule) == plain["name"]
+    assert plain["name"] != floored["name"]

@@ -65,7 +65,7 @@ def _budget_line(suite):
     tuning, training = suite.tuning, suite.training
     return (f"Budget: every learned entry tuned with the same budget on seed {suite.tuning_seed}: "
             f"{tuning['trials']} Ray Tune trials, distinct configurations drawn from its grid ({tuning.get('scheduler', 'asha')} scheduler, "
-            f"grace period {tuning.get('grace_period')}, reduction factor {tuning.get('reduction_factor')}), "
+            f"grace period {tuning.get('grace_period')} validations after the model's stopping floor, reduction factor {tuning.get('reduction_factor')}), "
             f"selection on valid only; the selected configuration then ran on seeds "
             f"{', '.join(str(seed) for seed in suite.seeds)}. Epoch cap {training.get('epochs')}"
             f"{_model_caps(suite)}, patience "

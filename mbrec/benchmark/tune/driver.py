@@ -142,7 +142,9 @@ def run_sweep(spec, sweep_dir, resume=False, retry_failed=False, ray_address=Non
                                         {"cpu": options["cpus_per_trial"], "gpu": options["gpus_per_trial"]})
         if options["scheduler"] == "asha":
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec["max_validations"],
-                                      grace_period=min(int(options["grace_period"]), spec["max_validations"]),
+                                      # sweep.json files planned before the floor rule have no asha_grace
+                                      grace_period=min(int(spec.get("asha_grace", options["grace_period"])),
+                                                       spec["max_validations"]),
                                       reduction_factor=options["reduction_factor"])
         else:
             scheduler = FIFOScheduler()

@@ -127,7 +127,13 @@ def plan_sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=
     config = build_config(model_class, dataset_dir, settings)
     check_names(space, settings, config.final_config_dict, model)
     # ASHA counts validations (one tune.report each); this many happen at most.
-    max_validations = max(1, math.ceil(int(settings["epochs"]) / max(1, int(settings["eval_step"]))))
+    eval_step = max(1, int(settings["eval_step"]))
+    max_validations = max(1, math.ceil(int(settings["epochs"]) / eval_step))
+    # The model's stopping floor says its valid scores before that epoch say nothing yet (a Cloze or
+    # staged model's first plateau sits at Pop's level): ASHA may not stop a trial on them either, so
+    # its grace period counts the validations after the floor. A trial ASHA stopped at the floor would
+    # be judged on noise, which is what patience alone did before the floor existed.
+    floor_validations = math.ceil(int(settings.get("stopping_min_epochs") or 0) / eval_step)
     spec = {
         "spec_version": SPEC_VERSION,
         "model": model,
@@ -145,6 +151,9 @@ def plan_sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=
         "seed": int(settings["seed"]),
         "epochs": int(settings["epochs"]),
         "max_validations": max_validations,
+        # the validations ASHA waits before its first rung: grace_period after the model's stopping floor
+        "asha_grace": int(options["grace_period"]) + floor_validations,
+        "floor_validations": floor_validations,
         "valid_metric": str(settings["valid_metric"]).lower(),
         "valid_task": settings["valid_task"],
         "device": device,
@@ -162,8 +171,9 @@ def plan_sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=
     spec["draw"] = ("independent" if trials == draw_trials(space, options["num_samples"], spec["seed"], distinct=False)
                     else DISTINCT_DRAW)
     spec["name"] = name or default_sweep_name(grid_file, spec)
-    if options["scheduler"] == "asha" and int(options["grace_period"]) >= max_validations:
-        logger.warning(f"ASHA cannot stop any trial: grace_period {options['grace_period']} >= the "
+    if options["scheduler"] == "asha" and spec["asha_grace"] >= max_validations:
+        after_floor = (f" after the stopping floor's {floor_validations} validation(s)" if floor_validations else "")
+        logger.warning(f"ASHA cannot stop any trial: grace_period {options['grace_period']}{after_floor} >= the "
                        f"{max_validations} validation(s) a trial makes (epochs / eval_step); lower --grace-period or "
                        f"use --scheduler fifo")
     return spec, sweep_dir_of(spec)
@@ -181,6 +191,10 @@ def default_sweep_name(grid_file, spec):
     identity["options"] = {key: spec["options"][key] for key in SAMPLING_OPTION_KEYS}
     if spec.get("draw") == DISTINCT_DRAW:
         identity["draw"] = DISTINCT_DRAW
+    # ASHA's grace counted after the stopping floor changed which trials such a sweep stops; sweeps of
+    # models without a floor keep their names
+    if spec.get("floor_validations"):
+        identity["asha_grace_after_floor"] = spec["floor_validations"]
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode("utf-8")).hexdigest()
     return f"{Path(grid_file).stem}-{digest[:NAME_HASH_LENGTH]}"
 
