@@ -61,9 +61,11 @@ def test_estimate_uses_the_suites_stored_records_from_the_start(tmp_path):
     pending = [SeedStep(ci_entry("SASRec"), "other_variant", 1), SeedStep(ci_entry("Pop"), "other_variant", 1)]
     estimator = suite_estimator(ci, pending, tmp_path)
     assert estimator.run_seconds("SASRec", "synthetic_ci") == 2 * HOUR
-    assert estimator.run_seconds("Pop", "other_variant") == 2 * HOUR  # no run of that variant: any run
+    assert estimator.run_seconds("SASRec", "other_variant") == 2 * HOUR  # no run of that variant: another's
+    assert estimator.run_seconds("Pop", "other_variant") is None  # another suite's Pop run is not evidence
     line = progress_line([], pending, estimator, ci.tuning["trials"])
-    assert "0/2 done" in line and "about 4.00 core-hours left" in line
+    assert "0/2 done" in line and "about 2.00 core-hours left for 1 of 2 steps" in line
+    assert line.endswith("not counted, no run or trial of their model yet: Pop")
     assert "no estimate" in progress_line([], pending, Estimator(), ci.tuning["trials"])
 
 
@@ -178,4 +180,13 @@ def test_a_run_is_estimated_from_its_own_sweep_trials_before_other_models_runs()
     estimator = Estimator(run_seconds=[(("SASRec", "v"), 60.0)], trial_seconds=[(("FatsMB", "v"), HOUR)])
     assert estimator.run_seconds("FatsMB", "v") == HOUR
     assert estimator.run_seconds("SASRec", "v") == 60.0
-    assert estimator.run_seconds("GRU4Rec", "v") == (60.0)  # same variant: runs before trials
+    # another model's time is no evidence (DiffuRec's epoch costs 40x SASRec's): no estimate
+    assert estimator.run_seconds("GRU4Rec", "v") is None
+
+
+def test_an_ablation_is_estimated_from_the_entry_it_was_tuned_from():
+    estimator = Estimator(run_seconds=[(("FatsMB", "v"), HOUR), (("SASRec", "v"), 60.0)],
+                          families={"FatsMB[pos=ape]": "FatsMB"})
+    assert estimator.run_seconds("FatsMB[pos=ape]", "v") == HOUR
+    assert estimator.run_seconds("FatsMB[pos=ape]", "w") == HOUR  # another variant: the family's time
+    assert estimator.sweep_seconds("MBGen", "v", trials=6) is None

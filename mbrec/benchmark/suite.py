@@ -237,31 +237,36 @@ def annotate(suite, step, results_dir):
 
 class Estimator:
     """Seconds a step will take, from the suite's finished work: the stored runs' records (train + eval
-    + data seconds) and the stored sweeps' trial times. A run is estimated from runs of the same entry
-    and variant, else the same variant, else any run, else from sweep trials the same way; a sweep
-    counts ``trials`` times the trial estimate (from trials first; an upper bound from runs, since
-    ASHA stops trials early). ``add`` takes a run finished while the suite runs."""
+    + data seconds) and the stored sweeps' trial times. A step is estimated from its own entry's
+    evidence on the same dataset variant, else its family's (an ablation and the entry it was tuned
+    from), else its entry's and then its family's on another variant; runs and sweep trials alike, the
+    closest first. A sweep counts ``trials`` times the trial estimate (from trials first; an upper
+    bound from runs, since ASHA stops trials early). A step with no evidence of its own model has no
+    estimate: another model's time says nothing (DiffuRec's epoch costs 40x SASRec's here), and the
+    progress line names the entries it could not count. ``add`` takes a run finished while the suite
+    runs."""
 
-    def __init__(self, run_seconds=(), trial_seconds=()):
-        self.pools = {"run": ({}, {}, []), "trial": ({}, {}, [])}
+    def __init__(self, run_seconds=(), trial_seconds=(), families=None):
+        self.families = dict(families or {})
+        self.pools = {"run": {}, "trial": {}}
         for (entry, dataset), seconds in run_seconds:
             self.add(entry, dataset, seconds)
         for (entry, dataset), seconds in trial_seconds:
             self.add(entry, dataset, seconds, kind="trial")
 
     def add(self, entry, dataset, seconds, kind="run"):
-        by_entry, by_dataset, every = self.pools[kind]
-        by_entry.setdefault((entry, dataset), []).append(seconds)
-        by_dataset.setdefault(dataset, []).append(seconds)
-        every.append(seconds)
+        self.pools[kind].setdefault((entry, dataset), []).append(seconds)
+
+    def family(self, entry):
+        return self.families.get(entry, entry)
 
     def _seconds(self, entry, dataset, kinds):
-        # The closest evidence first, whatever its kind: FatsMB's own sweep trials say more about a
-        # FatsMB run than SASRec's runs on the same variant do (they are 10x cheaper).
-        for level in range(3):
+        family = self.family(entry)
+        levels = (lambda e, d: e == entry and d == dataset, lambda e, d: self.family(e) == family and d == dataset,
+                  lambda e, d: e == entry, lambda e, d: self.family(e) == family)
+        for matches in levels:
             for kind in kinds:
-                by_entry, by_dataset, every = self.pools[kind]
-                pool = (by_entry.get((entry, dataset)), by_dataset.get(dataset), every)[level]
+                pool = [value for (e, d), values in self.pools[kind].items() if matches(e, d) for value in values]
                 if pool:
                     return sum(pool) / len(pool)
         return None
@@ -274,16 +279,19 @@ class Estimator:
         return None if one is None else trials * one
 
     def describe(self, pending_runs, pending_sweeps, trials):
-        seconds = [self.run_seconds(step.entry.name, step.dataset) for step in pending_runs]
-        seconds += [self.sweep_seconds(step.entry.name, step.dataset, trials) for step in pending_sweeps]
-        known = [value for value in seconds if value is not None]
-        if not seconds:
+        estimates = [(step, self.run_seconds(step.entry.name, step.dataset)) for step in pending_runs]
+        estimates += [(step, self.sweep_seconds(step.entry.name, step.dataset, trials)) for step in pending_sweeps]
+        if not estimates:
             return "nothing left"
+        known = [value for _, value in estimates if value is not None]
         if not known:
-            return "no estimate yet (no finished run or sweep trial of this suite)"
+            return "no estimate yet (no finished run or sweep trial of these entries)"
         text = f"about {sum(known) / suite_costs.SECONDS_PER_HOUR:.2f} core-hours left"
-        unknown = len(seconds) - len(known)
-        return text + (f" for {len(known)} of {len(seconds)} steps ({unknown} without an estimate)" if unknown else "")
+        unknown = sorted({step.entry.name for step, value in estimates if value is None})
+        if not unknown:
+            return text
+        return (text + f" for {len(known)} of {len(estimates)} steps; not counted, no run or trial of their "
+                f"model yet: {', '.join(unknown)}")
 
 
 def suite_estimator(suite, seed_runs, results_dir):
@@ -301,7 +309,8 @@ def suite_estimator(suite, seed_runs, results_dir):
             tuned.setdefault(entry.model, entry.name)
     trials = [((tuned.get(cost.model, cost.model), cost.dataset), seconds)
               for cost in suite_costs.sweep_costs(results_dir) for seconds in cost.trial_seconds]
-    return Estimator([(mark, seconds) for mark, seconds, _ in named] + unnamed, trials)
+    families = {entry.name: entry.tune_from or entry.name for entry in suite.entries}
+    return Estimator([(mark, seconds) for mark, seconds, _ in named] + unnamed, trials, families)
 
 
 def duration(seconds):
