@@ -242,7 +242,7 @@ class Estimator:
     from), else its entry's and then its family's on another variant; runs and sweep trials alike, the
     closest first. A sweep counts ``trials`` times the trial estimate (from trials first; an upper
     bound from runs, since ASHA stops trials early). A step with no evidence of its own model has no
-    estimate: another model's time says nothing (DiffuRec's epoch costs 40x SASRec's here), and the
+    estimate: another model's time says nothing (a DiffuRec epoch costs 20-40x SASRec's here), and the
     progress line names the entries it could not count. ``add`` takes a run finished while the suite
     runs."""
 
