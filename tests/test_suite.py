@@ -118,3 +118,34 @@ def test_an_unwritable_results_dir_is_refused_before_any_work(tmp_path, caplog):
 def test_unknown_suite_is_one_line_error(tmp_path, caplog):
     assert suite_main(["no_such_suite", "--results-dir", str(tmp_path)]) == 1
     assert "Unknown suite" in caplog.text
+
+
+def save_marked(path, entry, seed):
+    """A minimal record at ``path`` naming the ci suite's ``entry`` on synthetic_ci."""
+    store.save_record(store.compressed_path(path), {
+        "run_key": path.stem, "model": entry.split("[")[0], "dataset": "synthetic", "seed": seed, "config": {},
+        "results": {}, RECORD_KEY: [{"suite": "ci", "entry": entry, "dataset_variant": "synthetic_ci"}]})
+
+
+def test_stale_lists_the_records_and_sweeps_no_step_names(tmp_path, capsys, caplog):
+    """After a setting change: the old records and sweep folders are listed (for `git rm`), the current
+    ones are not, and a record whose entry's new sweep has not run is held back (it may be reused)."""
+    assert suite(tmp_path, "--dry-run") == 0
+    capsys.readouterr()
+    from mbrec.benchmark.suite import build_suite_parser, plan_suite
+    args = build_suite_parser().parse_args(["ci", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")])
+    _, seed_runs = plan_suite(load_suite("ci"), args, tmp_path / "results", tmp_path / "grids")
+    current = next(step.path for step in seed_runs if step.entry.name == "Pop" and step.seed == 1)
+    runs = tmp_path / "results" / "runs" / "synthetic"
+    save_marked(current, "Pop", 1)
+    old_pop = runs / "Pop" / "Pop-seed1-0123456789ab.json"
+    save_marked(old_pop, "Pop", 1)
+    old_sasrec = runs / "SASRec" / "SASRec-seed1-0123456789ab.json"
+    save_marked(old_sasrec, "SASRec", 1)  # SASRec's sweep has not run: undecided
+    old_sweep = tmp_path / "results" / "sweeps" / "synthetic" / "SASRec" / "SASRec-00000000"
+    old_sweep.mkdir(parents=True)
+    with caplog.at_level("INFO", logger="mbrec"):
+        assert suite(tmp_path, "--stale") == 0
+    assert capsys.readouterr().out.split() == [str(store.compressed_path(old_pop)), str(old_sweep)]
+    assert "1 record(s) wait for their entry's new sweep" in caplog.text and "SASRec-seed1" in caplog.text
+    assert store.stored_record(current) is not None  # nothing deleted

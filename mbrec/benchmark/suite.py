@@ -419,6 +419,42 @@ def _run_seed_steps(suite, pending, args, results_dir, seed_runs, estimator):
     return failures
 
 
+def stale_files(suite, sweeps, seed_runs, results_dir):
+    """``(stale, undecided)``: stored records and sweep folders under ``results_dir`` that no step of
+    the plan names (a setting changed since they were stored, or they were never the suite's), and
+    the records of entries whose new sweep has not run yet (the sweep may select their configuration
+    again, as SASRec's re-tuning did, and then its runs are reused). Reads only."""
+    planned = {path.resolve() for step in seed_runs if step.path is not None
+               for path in (Path(step.path), store.compressed_path(step.path))}
+    waiting = {(step.entry.name, step.dataset) for step in seed_runs if step.path is None}
+    stale, undecided = [], []
+    for path in store.record_files(Path(results_dir) / "runs"):
+        if path.resolve() in planned:
+            continue
+        try:
+            marks = suites.entry_annotations(store.load_record(path), suite.name)
+        except (store.ResultsError, OSError, ValueError):
+            marks = []
+        (undecided if any(mark in waiting for mark in marks) else stale).append(path)
+    kept = {step.sweep_dir.resolve() for step in sweeps}
+    stale += sorted(folder for folder in Path(results_dir).glob(f"{suite_costs.SWEEPS_DIRNAME}/*/*/*")
+                    if folder.is_dir() and folder.resolve() not in kept)
+    return stale, undecided
+
+
+def print_stale(suite, args, results_dir):
+    """``--stale``: the stale paths on stdout, one per line (for ``git rm -r``); the rest on stderr."""
+    with tempfile.TemporaryDirectory(prefix="mbrec-suite-stale-") as grids_dir:
+        sweeps, seed_runs = plan_suite(suite, args, results_dir, grids_dir)
+    stale, undecided = stale_files(suite, sweeps, seed_runs, results_dir)
+    for path in stale:
+        print(path)
+    logger.info(f"{len(stale)} stale path(s) under {results_dir} (no step of suite {suite.name} names them)"
+                + (f"; {len(undecided)} record(s) wait for their entry's new sweep, which may select their "
+                   f"configuration again: {', '.join(str(path) for path in undecided)}" if undecided else ""))
+    return 0
+
+
 def fill_sweep_times(results_dir):
     """``--fill-sweep-times``: time the trials of the sweeps summarized before trials were timed."""
     untimed = []
@@ -447,6 +483,9 @@ def build_suite_parser():
     parser.add_argument("--fill-sweep-times", action="store_true",
                         help="write the trial times into the suite's sweep summaries that lack them (summarized "
                              "before trials were timed), from their trial folders; then exit")
+    parser.add_argument("--stale", action="store_true",
+                        help="print the stored records and sweep folders that no step of the whole suite names "
+                             "(a setting changed since they were stored), one per line, and exit; writes nothing")
     parser.add_argument("--entries", nargs="+", help="run only these entries (an ablation brings the entry it is "
                                                      "tuned from); the tables still show the whole suite")
     parser.add_argument("--datasets", nargs="+", help="run only these dataset variants")
@@ -476,6 +515,8 @@ def suite_main(argv=None, report=None):
         results_dir = Path(args.results_dir) if args.results_dir else suites.default_suite_results_dir(suite.name)
         if args.fill_sweep_times:
             return fill_sweep_times(results_dir)
+        if args.stale:  # judged against the whole suite: a subset's plan would call the rest stale
+            return print_stale(whole_suite, args, results_dir)
         if args.dry_run:  # the plan only: the grids go to a temporary folder, records are not annotated
             with tempfile.TemporaryDirectory(prefix="mbrec-suite-dry-run-") as grids_dir:
                 sweeps, seed_runs = plan_suite(suite, args, results_dir, grids_dir)

@@ -55,7 +55,7 @@ def collect_suite_records(suite, results_dir):
                 if cell in cells:  # two configurations of one seed would be averaged as if two seeds
                     raise SuiteError(f"two stored runs are {entry} on {dataset} seed {record.get('seed')}: "
                                      f"{cells[cell]} and {path} (a setting of the suite changed since one "
-                                     f"was stored); delete the stale one")
+                                     f"was stored); delete the stale one (`run_benchmark.py suite {suite.name} --stale` lists them)")
                 cells[cell] = path
                 records.append({**record, "model": entry, "dataset": dataset})
     return records, problems
