@@ -8,9 +8,10 @@ from types import SimpleNamespace
 
 from mbrec import results as store
 from mbrec.benchmark import suite as suite_runner
-from mbrec.benchmark.suite import (PENDING, STORED, Estimator, SeedStep, SweepStep, duration, progress_line,
+from mbrec.benchmark.suite import (PENDING, STORED, SeedStep, SweepStep, progress_line,
                                    suite_estimator)
 from mbrec.benchmark.suite import suite_main
+from mbrec.benchmark.suite_estimate import Estimator, duration
 from mbrec.benchmark.tune.driver import _trial_seconds
 from mbrec.reporting.suite_tables import cost_section, suite_report
 from mbrec.suite_costs import sweep_costs
