@@ -77,11 +77,27 @@ NON_NEGATIVE_FLOAT = _Rule(float, lambda v: v >= 0, "a number >= 0")
 PROBABILITY = _Rule(float, lambda v: 0 <= v < 1, "a probability in [0, 1)")
 FRACTION = _Rule(float, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
 
+class _PerStageRule:
+    """A rule for one number, or for a mapping ``{stage name: number}`` (staged models' per-stage settings)."""
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def problem(self, value):
+        if not isinstance(value, dict):
+            return self.rule.problem(value)
+        for stage, number in value.items():
+            problem = self.rule.problem(number)
+            if problem:
+                return f"[{stage}] {problem}"
+        return None
+
+
 RULES = {
     "epochs": POSITIVE_INT, "train_batch_size": POSITIVE_INT, "eval_batch_size": POSITIVE_INT,
     "eval_step": POSITIVE_INT, "MAX_ITEM_LIST_LENGTH": POSITIVE_INT, "hidden_size": POSITIVE_INT,
     "embedding_size": POSITIVE_INT, "inner_size": POSITIVE_INT, "n_layers": POSITIVE_INT, "n_heads": POSITIVE_INT,
-    "stopping_step": NON_NEGATIVE_INT, "stopping_min_epochs": NON_NEGATIVE_INT, "min_user_inter": NON_NEGATIVE_INT, "min_item_inter": NON_NEGATIVE_INT,
+    "stopping_step": NON_NEGATIVE_INT, "stopping_min_epochs": _PerStageRule(NON_NEGATIVE_INT), "min_user_inter": NON_NEGATIVE_INT, "min_item_inter": NON_NEGATIVE_INT,
     "sampling_repeats": NON_NEGATIVE_INT, "loader_prefetch": NON_NEGATIVE_INT, "seed": ANY_INT,
     # learning_rate 0 is allowed: frozen weights (tests/test_convergence.py uses it); negative is not
     "learning_rate": NON_NEGATIVE_FLOAT, "weight_decay": NON_NEGATIVE_FLOAT, "eval_memory_fraction": FRACTION,

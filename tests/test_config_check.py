@@ -57,6 +57,7 @@ def test_unknown_prepare_option_has_a_did_you_mean():
     ("learning_rate=-1", "learning_rate must be a number >= 0, got -1"),
     ("hidden_dropout_prob=1.5", "hidden_dropout_prob must be a probability in [0, 1), got 1.5"),
     ("attn_dropout_prob=-0.1", "attn_dropout_prob must be a probability in [0, 1), got -0.1"),
+    ("stopping_min_epochs={'mbae':-3}", "stopping_min_epochs [mbae] must be an integer >= 0, got -3"),
 ])
 def test_bad_values_get_one_line_naming_the_key(tmp_path, capsys, override, words):
     code, err = run_cli(tmp_path, capsys, override)

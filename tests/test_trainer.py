@@ -188,3 +188,31 @@ def test_patience_cannot_stop_training_before_stopping_min_epochs(tmp_path, monk
     assert epochs_run() == (3, "patience")
     assert epochs_run(stopping_min_epochs=8) == (8, "patience")
     assert epochs_run(stopping_min_epochs=20) == (12, "epoch_cap")
+
+
+def test_a_staged_model_takes_one_floor_per_stage(tmp_path, monkeypatch):
+    """stopping_min_epochs {stage: n} holds only the stages it names; one number holds every stage;
+    a per-stage floor for a one-loop model or an unknown stage is refused."""
+    from mbrec.training.staged_trainer import StagedTrainer
+    monkeypatch.setattr(StagedTrainer, "validate", lambda self, valid: 0.5)  # never improves
+    data = write_inter(tmp_path, "flat", ROWS)
+
+    def stage_epochs(floor):
+        config = make_config("FatsMB", data, behaviors=["view", "cart", "buy"], hidden_size=8, inner_size=16,
+                             n_layers=1, diffusion_steps=10, ddim_skip=5, mbae_epochs=12, diffusion_epochs=12,
+                             finetune_epochs=12, stopping_step=1, stopping_min_epochs=floor)
+        train, valid = MultiBehaviorSequentialDataset(config).build(splits=("train", "valid"))
+        trainer = StagedTrainer(config, registry.get_model_class("FatsMB")(config, train), torch.device("cpu"))
+        summary = trainer.fit(train, valid, tmp_path / "best.pth")
+        return tuple(summary["stages"][stage]["epochs_run"] for stage in ("mbae", "diffusion", "finetune"))
+
+    plain = stage_epochs(0)
+    assert stage_epochs({"mbae": 8}) == (8, plain[1], plain[2])
+    assert stage_epochs(8) == (8, 8, 8)
+    with pytest.raises(ValueError, match="unknown stage"):
+        stage_epochs({"mbea": 8})
+    config = make_config("SASRec", data, behaviors=["view", "cart", "buy"], hidden_size=8, inner_size=16,
+                         n_layers=1, stopping_min_epochs={"mbae": 8})
+    train = MultiBehaviorSequentialDataset(config).build(splits=("train",))[0]
+    with pytest.raises(ValueError, match="needs a staged model"):
+        Trainer(config, registry.get_model_class("SASRec")(config, train), torch.device("cpu"))

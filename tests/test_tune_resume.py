@@ -143,3 +143,12 @@ def test_asha_grace_counts_after_the_stopping_floor_and_names_the_sweep_anew(tmp
     before_the_rule = {key: value for key, value in plain.items() if key not in ("asha_grace", "floor_validations")}
     assert tune.default_sweep_name(plain["grid_file"], before_the_rule) == plain["name"]
     assert plain["name"] != floored["name"]
+
+
+def test_asha_grace_after_a_per_stage_floor_counts_the_longest_stage_floor(tmp_path):
+    (tmp_path / "grid.yaml").write_text("space:\n  mask_prob: [0.1, 0.2]\n")
+    overrides = {**TINY, "stopping_min_epochs": {"mbae": 10, "finetune": 4}}
+    spec, _ = tune.plan_sweep("FatsMB", "synthetic", tmp_path / "grid.yaml", overrides=overrides, epochs=40,
+                              cli_options={"grace_period": 3}, cache_dir=tmp_path / "cache",
+                              results_dir=tmp_path / "results")
+    assert (spec["asha_grace"], spec["floor_validations"]) == (13, 10)

@@ -73,19 +73,26 @@ def _budget_line(suite):
             f"the tuned configuration of their model with that switch changed, not tuned again.")
 
 
+def _floor_text(floor):
+    """``100`` or ``100 (mbae), 30 (diffusion), 30 (finetune)`` (a per-stage mapping)."""
+    if isinstance(floor, dict):
+        return ", ".join(f"{value} ({stage})" for stage, value in floor.items())
+    return str(floor)
+
+
 def _model_caps(suite):
     """`` (BERT4Rec 600; FatsMB 100 per stage)``: the models whose own overrides set another cap."""
     caps = []
     for model, settings in suite.model_overrides.items():
         if "epochs" in settings:
             floor = settings.get("stopping_min_epochs")
-            caps.append(f"{model} {settings['epochs']}" + (f", no early stop before {floor}" if floor else ""))
+            caps.append(f"{model} {settings['epochs']}" + (f", no early stop before {_floor_text(floor)}" if floor else ""))
         stage_caps = sorted({value for key, value in settings.items()
                              if key.endswith("_epochs") and key != "stopping_min_epochs"})
         if stage_caps:
             floor = settings.get("stopping_min_epochs")
             caps.append(f"{model} {'/'.join(str(value) for value in stage_caps)} per stage"
-                        + (f", no early stop before {floor}" if floor and "epochs" not in settings else ""))
+                        + (f", no early stop before {_floor_text(floor)}" if floor and "epochs" not in settings else ""))
     return f" ({'; '.join(caps)})" if caps else ""
 
 

@@ -35,6 +35,19 @@ logger = logging.getLogger("mbrec")
 ALL_STAGES = "all"
 
 
+def stage_floors(floor, stages):
+    """``stopping_min_epochs`` as ``{stage: epochs}``: one number for every stage, or a mapping that
+    names stages (a stage it leaves out has none). Why per stage: FatsMB's Cloze-trained MBAE stage
+    climbs off a long plateau (patience ended one run at epoch 37, still rising, at valid 0.07),
+    while its later stages start from a trained encoder and settle within a few epochs."""
+    if not isinstance(floor, dict):
+        return {stage: int(floor or 0) for stage in stages}
+    unknown = sorted(set(floor) - set(stages))
+    if unknown:
+        raise ValueError(f"stopping_min_epochs names unknown stage(s) {unknown}; the stages are {', '.join(stages)}")
+    return {stage: int(floor.get(stage) or 0) for stage in stages}
+
+
 class StagedTrainer(Trainer):
     """Runs the model's stages in order, each with its own optimizer, early stopping and selection."""
 
@@ -47,6 +60,7 @@ class StagedTrainer(Trainer):
             if epochs is None or int(epochs) < 0:
                 raise ValueError(f"config key '{stage}_epochs' must be a number >= 0, got {epochs!r}")
             self.stage_epochs[stage] = int(epochs)
+        self.stage_floors = stage_floors(self.stopping_min_epochs, self.stages)
         last = config["stage"] or ALL_STAGES
         if last != ALL_STAGES and last not in self.stages:
             raise ValueError(f"stage '{last}' is not one of {ALL_STAGES}, {', '.join(self.stages)}")
@@ -130,7 +144,7 @@ class StagedTrainer(Trainer):
                             f"{entry['train_seconds']:.1f}s")
                 self.notify_validation(entry, best_score, best_epoch)  # sweeps see every validation
             self.history.append(entry)
-            if bad_validations > self.stopping_step and stage_epoch + 1 >= self.stopping_min_epochs:
+            if bad_validations > self.stopping_step and stage_epoch + 1 >= self.stage_floors[stage]:
                 logger.info(f"stage {stage}: early stopping after epoch {epoch}")
                 stopped_by = STOPPED_BY_PATIENCE
                 break

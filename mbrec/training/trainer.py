@@ -89,7 +89,12 @@ class Trainer:
         # Patience cannot end training before this many epochs (per stage for staged models): a
         # Cloze model's valid score sits on a plateau for its first epochs (one pass per user an
         # epoch), where patience alone stopped MB-STR at valid 0.04 (suite cpu, session 6).
-        self.stopping_min_epochs = int(config["stopping_min_epochs"] or 0)
+        # A mapping {stage: epochs} gives each stage of a staged model its own floor (StagedTrainer).
+        floor = config["stopping_min_epochs"] or 0
+        if isinstance(floor, dict) and not getattr(model, "training_stages", None):
+            raise ValueError(f"stopping_min_epochs per stage ({floor}) needs a staged model; {type(model).__name__} "
+                             f"trains in one loop: give one number")
+        self.stopping_min_epochs = floor if isinstance(floor, dict) else int(floor)
         self.valid_metric = str(config["valid_metric"]).lower()
         self.valid_task = config["valid_task"]
         self.clip_grad_norm = config["clip_grad_norm"]

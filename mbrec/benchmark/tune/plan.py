@@ -133,7 +133,9 @@ def plan_sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=
     # staged model's first plateau sits at Pop's level): ASHA may not stop a trial on them either, so
     # its grace period counts the validations after the floor. A trial ASHA stopped at the floor would
     # be judged on noise, which is what patience alone did before the floor existed.
-    floor_validations = math.ceil(int(settings.get("stopping_min_epochs") or 0) / eval_step)
+    floor = settings.get("stopping_min_epochs") or 0
+    floor = max(floor.values(), default=0) if isinstance(floor, dict) else floor  # per stage: the longest
+    floor_validations = math.ceil(int(floor or 0) / eval_step)
     spec = {
         "spec_version": SPEC_VERSION,
         "model": model,
