@@ -1,14 +1,15 @@
 """MBGen before and after its CPU fast paths, side by side on one model.
 
-The fast paths: attention written out on CPU (``mbrec/layers/seq2seq.py``, ``Attention``), the
-encoder and the teacher-forced decoder run per group of similar history lengths
-(``MBGen.length_groups``), and beam search decoding only the new position at each step, with the
-memory's cross-attention keys and values computed once per search and the decoded positions'
-self-attention keys and values cached (``MBGen.decode_step``, ``DecoderCache``).
-:func:`reference_path` runs the computation as it was before them (``F.scaled_dot_product_attention``
-with the combined bias, the whole batch at the full window, every beam step re-decoding the whole
-prefix) on the same model and weights; ``tests/test_mbgen_speed.py`` checks that both compute the
-same thing.
+The fast paths: the encoder and the teacher-forced decoder run per group of similar history
+lengths, each cut to its longest history, in chunks small enough for malloc to recycle their
+temporaries (``MBGen.length_groups``); cross-attention reads the encoder output through products of
+its weights where that needs fewer multiplications (``Attention.attend_absorbed``); and beam search
+decodes only the new position at each step, the decoded positions' self-attention keys and values
+cached and the memory's cross-attention view prepared once per search (``MBGen.decode_step``,
+``DecoderCache``). :func:`reference_path` runs the computation as it was before them (the whole
+batch at the full window, keys and values of every memory token for every decoder layer, every
+beam step re-decoding the whole prefix) on the same model and weights;
+``tests/test_mbgen_speed.py`` checks that both compute the same thing.
 
 Times training steps (forward + backward + AdamW, the trainer's prefix batches) and beam search
 on one evaluation batch (``full_sort_predict``: told the behavior, as ``behavior_specific`` and
@@ -47,7 +48,8 @@ SUITE_SIZE = {"d_model": 64, "d_ff": 256}  # the reference suite's MBGen size on
 
 
 def reference_attention(attention, x, context, bias):
-    """``Attention.forward`` before the fast paths: ``F.scaled_dot_product_attention`` with the bias as its mask."""
+    """``Attention.forward`` before the fast paths: the context's keys and values, then
+    ``F.scaled_dot_product_attention`` with the bias as its mask."""
     groups = x.size(0) // context.size(0)
     length = x.size(1)
     stacked = x.reshape(context.size(0), groups * length, x.size(2))  # [B, G * Lq, D]

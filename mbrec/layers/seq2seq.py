@@ -126,9 +126,10 @@ class Attention(nn.Module):
         with the products ``Wq_h^T Wk_h`` and ``Wo_h Wv_h`` (``[D, D]`` each) formed first, the
         scores and the output come straight from the context ``m``, whose keys and values are
         never computed: the same function of the same weights, summed in another order. Why: in
-        MBGen's decoder few queries (4 per example in training, about 2 + 2 beams per example in a
-        beam search) read a long context (up to 81 tokens), and projecting every context token
-        to the keys and values of all heads was a quarter of the matrix products of a training
+        MBGen's decoder few queries (4 per example in training; in a beam search the beams' new
+        positions, 2 + 2 * beam_size per example when told the behavior) read a long context (up
+        to 81 tokens), and projecting every context token to the keys and values of all heads of
+        4 decoder layers was a quarter of the multiplications in the linear layers of a training
         step (retailrocket_f10, d_model 64). :meth:`absorbs` says when it is cheaper. ``bias``
         may vary along the keys only (``[B, 1, 1, Lk]``, the padding).
         """

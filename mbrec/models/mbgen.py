@@ -29,7 +29,15 @@ history item is most of this task, and a shared table makes copying a token a di
 Inference: constrained beam search (only code paths of real items, via the tokenizer's per-level
 valid-next-digit tables; the paper's code leaves beams unconstrained) with the prefix ``[BOS, b]``
 when the task tells the behavior and ``[BOS]`` when it does not (the model then also generates
-the behavior). ``beam_size`` beams are kept.
+the behavior). ``beam_size`` beams are kept. Each step decodes only the new position of every
+beam (:meth:`MBGen.decode_step`: earlier positions' keys and values are cached, as a causal
+decoder allows).
+
+Cost (the same computation, arranged for CPU; ``benchmarks/mbgen_fast_paths.py`` times it against
+the plain arrangement, ``tests/test_mbgen_speed.py`` checks they agree): rows run per group of
+similar history lengths, each cut to its longest history and, on CPU, in bounded chunks
+(:meth:`MBGen.length_groups`); the decoder's cross-attention reads the encoder output through the
+products of its weights where that is cheaper (:meth:`mbrec.layers.seq2seq.Attention.attend_absorbed`).
 
 Scores for the shared evaluator: the items (or (behavior, item) pairs) the beam returns get their
 beam log-probability; every other item gets one common score strictly below all of them (the
@@ -224,7 +232,7 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
             cross_bias
 
     def decode_step(self, decoder_tokens, decoder_behaviors, caches, cross_bias):
-        """Logits ``[B * G, vocab]`` of the token after ``decoder_tokens [B * G, t]``, which follow the cached positions.
+        """Logits ``[B * G, vocab]`` of the token after ``decoder_tokens [B * G, t]``, which follow the cached ones.
 
         :meth:`decode` (in eval mode) at the last position, for beam search: only the new
         positions are computed, their keys and values joining ``caches`` (see
@@ -342,7 +350,8 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
         """
         batch_size, device = memory.size(0), memory.device
         # decoded positions per example: the prefix, then up to beam_size per later step
-        n_queries = (2 if behaviors is not None else 1) + beam_size * (self.tokenizer.n_levels - (behaviors is not None))
+        told = behaviors is not None
+        n_queries = (2 if told else 1) + beam_size * (self.tokenizer.n_levels - told)
         caches, cross_bias = self.start_decoding(memory, memory_padding, n_queries)  # see decode_step
         tokens = torch.full((batch_size, 1, 1), BOS_TOKEN, dtype=torch.long, device=device)  # [B, W, T]
         scores = torch.zeros(batch_size, 1, device=device)  # [B, W]
@@ -359,7 +368,7 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
         new_tokens, new_behaviors = tokens.flatten(0, 1), self.decoder_behaviors(injected, tokens.size(2))  # the prefix
         for level in range(first_level, self.tokenizer.n_levels):
             width, length = tokens.shape[1], tokens.shape[2]
-            logits = self.decode_step(new_tokens, new_behaviors, caches, cross_bias)  # beams share their example's memory
+            logits = self.decode_step(new_tokens, new_behaviors, caches, cross_bias)  # beams share their memory
             log_probs = F.log_softmax(logits, dim=-1).view(batch_size, width, -1)  # [B, W, vocab]
             if level < 0:
                 offset, n_choices = self.layout.behavior_offset, self.layout.n_behaviors
