@@ -29,7 +29,15 @@ history item is most of this task, and a shared table makes copying a token a di
 Inference: constrained beam search (only code paths of real items, via the tokenizer's per-level
 valid-next-digit tables; the paper's code leaves beams unconstrained) with the prefix ``[BOS, b]``
 when the task tells the behavior and ``[BOS]`` when it does not (the model then also generates
-the behavior). ``beam_size`` beams are kept.
+the behavior). ``beam_size`` beams are kept. Each step decodes only the new position of every
+beam (:meth:`MBGen.decode_step`: earlier positions' keys and values are cached, as a causal
+decoder allows).
+
+Cost (the same computation, arranged for CPU; ``benchmarks/mbgen_fast_paths.py`` times it against
+the plain arrangement, ``tests/test_mbgen_speed.py`` checks they agree): rows run per group of
+similar history lengths, each cut to its longest history and, on CPU, in bounded chunks
+(:meth:`MBGen.length_groups`); the decoder's cross-attention reads the encoder output through the
+products of its weights where that is cheaper (:meth:`mbrec.layers.seq2seq.Attention.attend_absorbed`).
 
 Scores for the shared evaluator: the items (or (behavior, item) pairs) the beam returns get their
 beam log-probability; every other item gets one common score strictly below all of them (the
@@ -55,12 +63,18 @@ from recbole.utils import InputType
 from mbrec.training.scheduled_trainer import ScheduledTrainer
 from mbrec.data.item_tokenizers import BOS_TOKEN, PAD_TOKEN, TokenLayout, build_item_tokenizer
 from mbrec.layers.moe import PositionRoutedFFN
-from mbrec.layers.seq2seq import (DecoderLayer, EncoderLayer, FeedForward, RelativePositionBias, causal_bias,
-                                  padding_bias)
+from mbrec.layers.seq2seq import (DecoderCache, DecoderLayer, EncoderLayer, FeedForward, RelativePositionBias,
+                                  causal_bias, padding_bias)
 from mbrec.models import PredictFromFullSort
 
 OUTSIDE_BEAM_MARGIN = 1.0  # items outside the beam score this far below the row's weakest beam item
 MAX_MEMO_BATCHES = 100_000  # bound on the told-nothing beams kept between the two untold tasks' passes
+# On CPU the encoder runs on at most this many activation elements per matrix (rows * tokens * widest
+# activation, 16 MiB in fp32): below glibc's largest mmap threshold (32 MiB), so malloc serves such
+# temporaries from memory it keeps and reuses, where every larger one is a fresh mapping whose pages
+# the kernel faults in and zeroes again at each use (a quarter of an unchunked training step on
+# retailrocket_f10 at d_model 64; see MBGen.length_groups)
+CPU_CHUNK_ELEMENTS = 4 * 1024 * 1024
 USER_HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash: spreads consecutive user ids over the buckets
 # where the user token goes: after the latest interaction (ours), first (the paper), or nowhere
 USER_TOKEN_PLACEMENTS = ("append", "prepend", "none")
@@ -178,7 +192,10 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
     # ------------------------------------------------------------------ network
     def encode(self, interaction):
         """Encoder states ``[B, S, D]`` and key padding ``[B, S]`` of each example's history."""
-        tokens, token_behaviors = self.encoder_inputs(interaction)
+        return self.encode_tokens(*self.encoder_inputs(interaction))
+
+    def encode_tokens(self, tokens, token_behaviors):
+        """Encoder states ``[B, S, D]`` and key padding ``[B, S]`` of :meth:`encoder_inputs`' ``[B, S]`` output."""
         padding = tokens == PAD_TOKEN  # [B, S]
         bias = self.encoder_position_bias(tokens.size(1), tokens.size(1)) + padding_bias(padding, torch.float32)
         hidden = self.dropout(self.token_embedding(tokens))  # [B, S, D]
@@ -208,6 +225,34 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
             hidden = hidden * self.d_model ** -0.5
         return self.lm_head(hidden)  # [B, T, vocab]
 
+    def start_decoding(self, memory, memory_padding, n_queries):
+        """Per-layer :class:`DecoderCache` and the cross bias, for ``n_queries`` decoded positions per example."""
+        cross_bias = padding_bias(memory_padding, torch.float32)
+        return [DecoderCache(block.cross_attention, memory, cross_bias, n_queries) for block in self.decoder_layers], \
+            cross_bias
+
+    def decode_step(self, decoder_tokens, decoder_behaviors, caches, cross_bias):
+        """Logits ``[B * G, vocab]`` of the token after ``decoder_tokens [B * G, t]``, which follow the cached ones.
+
+        :meth:`decode` (in eval mode) at the last position, for beam search: only the new
+        positions are computed, their keys and values joining ``caches`` (see
+        :class:`DecoderCache`), and only the last position is read out.
+        """
+        start = caches[0].length
+        length = start + decoder_tokens.size(1)
+        self_bias = (self.decoder_position_bias(length, length)
+                     + causal_bias(length, torch.float32, decoder_tokens.device))[:, :, start:]  # new rows only
+        routes = torch.arange(start, length, device=decoder_tokens.device)  # position p generates slot p
+        hidden = self.token_embedding(decoder_tokens)  # [B * G, t, D]
+        behavior_vectors = self.behavior_embedding(decoder_behaviors)  # [B * G, t, E]
+        for layer, (block, cache) in enumerate(zip(self.decoder_layers, caches)):
+            hidden = block.step(hidden, cache, self_bias, cross_bias,
+                                behavior_vectors if self._injects(layer) else None, routes)
+        hidden = self.decoder_norm(hidden[:, -1])
+        if self.tie_embeddings:
+            hidden = hidden * self.d_model ** -0.5
+        return self.lm_head(hidden)  # [B * G, vocab]
+
     def decoder_behaviors(self, behaviors, length):
         """``[B]`` target behaviors -> ``[B, length]`` injected behaviors: none at BOS, the target after it."""
         injected = behaviors.unsqueeze(1).expand(-1, length).clone()
@@ -231,10 +276,66 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
         return F.log_softmax(logits, dim=-1).gather(2, targets.unsqueeze(2)).squeeze(2)  # [B, n_slots]
 
     def calculate_loss(self, interaction):
-        memory, padding = self.encode(interaction)
-        targets, logits = self.teacher_forced_logits(memory, padding, interaction[self.POS_ITEM_ID],
-                                                     interaction[self.BEHAVIOR])
-        return self.loss_fct(logits.flatten(0, 1), targets.flatten())  # Eq. 4: next-token cross-entropy
+        tokens, token_behaviors = self.encoder_inputs(interaction)
+        items, behaviors = interaction[self.POS_ITEM_ID], interaction[self.BEHAVIOR]
+        all_targets, all_logits = [], []
+        for rows, window in self.length_groups(interaction[self.ITEM_SEQ_LEN], tokens.size(1)):
+            memory, padding = self.encode_tokens(tokens[rows, :window], token_behaviors[rows, :window])
+            targets, logits = self.teacher_forced_logits(memory, padding, items[rows], behaviors[rows])
+            all_targets.append(targets)
+            all_logits.append(logits)
+        # Eq. 4: next-token cross-entropy, a mean over all tokens: the rows' order does not matter
+        return self.loss_fct(torch.cat(all_logits).flatten(0, 1), torch.cat(all_targets).flatten())
+
+    def length_groups(self, lengths, window):
+        """``[(rows, token window)]``: the rows whose history length ``n`` has the same ``ceil(log2 n)``, and the
+        encoder tokens their longest history needs (at most ``window``); on CPU each group split into chunks of
+        at most :data:`CPU_CHUNK_ELEMENTS` activation elements.
+
+        Why: run group by group, each cut to its own longest history, the encoder and the
+        cross-attention skip most of the padding of short histories (the input is left-aligned:
+        history, user token, then padding, so a cut drops padding only, and the relative
+        position bias of the kept tokens depends on their distances alone). Rows are
+        independent, so grouping changes no row's result. On retailrocket_f10 (window 20, 81
+        tokens) the training batches are 84% real tokens (86% computed when grouped), the test
+        batches 35% (41%). Power-of-two groups keep the number of groups at ``log2(window) + 1`` or
+        fewer. The chunks keep the largest temporaries (the attention scores, the feed-forward
+        layer's inner activations) small enough for malloc to recycle (see
+        :data:`CPU_CHUNK_ELEMENTS`); on CUDA the caching allocator does that, and one launch per
+        group keeps the device busy. With dropout in training one group (the whole batch) keeps
+        the random draws as they were.
+        """
+        if self.training and self.dropout_prob > 0:
+            return [(slice(None), window)]
+        group_ids = torch.frexp((lengths - 1).float()).exponent  # bit length of n - 1 = ceil(log2 n), exact
+        groups = []
+        for group in group_ids.unique().tolist():
+            rows = (group_ids == group).nonzero().squeeze(1)
+            # history tokens, then the user token's column (user_token: none leaves it padding)
+            tokens = min(window, self.n_slots * int(lengths[rows].max()) + 1)
+            if lengths.device.type != "cpu":
+                groups.append((rows, tokens))
+                continue
+            widest = max(self.d_model, self.d_ff, self.n_heads * self.d_head, self.n_heads * tokens)  # per token
+            groups.extend((chunk, tokens) for chunk in rows.split(max(1, CPU_CHUNK_ELEMENTS // (tokens * widest))))
+        if len(groups) == 1:
+            return [(slice(None), groups[0][1])]
+        return groups
+
+    def _grouped(self, interaction, search):
+        """``search(memory, padding, rows)`` per :meth:`length_groups` group, its ``[rows, ...]`` outputs put back in
+        batch order."""
+        tokens, token_behaviors = self.encoder_inputs(interaction)
+        outputs = None
+        for rows, window in self.length_groups(interaction[self.ITEM_SEQ_LEN], tokens.size(1)):
+            parts = search(*self.encode_tokens(tokens[rows, :window], token_behaviors[rows, :window]), rows)
+            if isinstance(rows, slice):
+                return parts
+            if outputs is None:
+                outputs = [part.new_empty((tokens.size(0),) + part.shape[1:]) for part in parts]
+            for output, part in zip(outputs, parts):
+                output[rows] = part
+        return tuple(outputs)
 
     # ------------------------------------------------------------------ constrained beam search
     def beam_search(self, memory, memory_padding, beam_size, behaviors=None):
@@ -248,6 +349,10 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
             for empty beams when fewer than ``W`` valid paths exist), best first.
         """
         batch_size, device = memory.size(0), memory.device
+        # decoded positions per example: the prefix, then up to beam_size per later step
+        told = behaviors is not None
+        n_queries = (2 if told else 1) + beam_size * (self.tokenizer.n_levels - told)
+        caches, cross_bias = self.start_decoding(memory, memory_padding, n_queries)  # see decode_step
         tokens = torch.full((batch_size, 1, 1), BOS_TOKEN, dtype=torch.long, device=device)  # [B, W, T]
         scores = torch.zeros(batch_size, 1, device=device)  # [B, W]
         if behaviors is not None:
@@ -259,13 +364,12 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
         first_level = 0
         if behaviors is None:
             first_level = -1  # step -1 generates the behavior
+        injected = torch.zeros(batch_size, dtype=torch.long, device=device) if behaviors is None else behaviors
+        new_tokens, new_behaviors = tokens.flatten(0, 1), self.decoder_behaviors(injected, tokens.size(2))  # the prefix
         for level in range(first_level, self.tokenizer.n_levels):
             width, length = tokens.shape[1], tokens.shape[2]
-            injected = (torch.zeros(batch_size, width, dtype=torch.long, device=device) if beam_behaviors is None
-                        else beam_behaviors)
-            logits = self.decode(tokens.flatten(0, 1), self.decoder_behaviors(injected.flatten(), length),
-                                 memory, memory_padding)  # the beams of an example share its memory
-            log_probs = F.log_softmax(logits[:, -1], dim=-1).view(batch_size, width, -1)  # [B, W, vocab]
+            logits = self.decode_step(new_tokens, new_behaviors, caches, cross_bias)  # beams share their memory
+            log_probs = F.log_softmax(logits, dim=-1).view(batch_size, width, -1)  # [B, W, vocab]
             if level < 0:
                 offset, n_choices = self.layout.behavior_offset, self.layout.n_behaviors
                 candidates = log_probs[..., offset:offset + n_choices]  # [B, W, n_behaviors]
@@ -285,6 +389,13 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
             else:
                 beam_behaviors = beam_behaviors.gather(1, parent)
                 prefix_index = prefix_index.gather(1, parent) * n_choices + choice
+            if level + 1 < self.tokenizer.n_levels:
+                # the surviving beams keep their parents' cached positions; the next step decodes the chosen
+                # token, injected with its beam's behavior (decoder_behaviors: the target behavior after BOS)
+                parent_rows = (parent + width * torch.arange(batch_size, device=device).unsqueeze(1)).flatten()
+                for cache in caches:
+                    cache.reorder(parent_rows)
+                new_tokens, new_behaviors = tokens[:, :, -1:].flatten(0, 1), beam_behaviors.reshape(-1, 1)
         digits = tokens[:, :, -self.tokenizer.n_levels:] - torch.tensor(self.layout.digit_offsets, device=device)
         items = self.tokenizer.decode(digits.cpu()).to(device)  # [B, W]
         items = torch.where(torch.isfinite(scores), items, torch.zeros_like(items))
@@ -323,9 +434,9 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
         key = fingerprint.hexdigest()
         if key in self._beam_memo:
             return tuple(value.to(interaction[self.ITEM_SEQ].device) for value in self._beam_memo.pop(key))
-        memory, padding = self.encode(interaction)
-        beam = (self._allocated_beam(memory, padding) if self.behavior_aware_allocation
-                else self.beam_search(memory, padding, self.beam_size))
+        beam = self._grouped(interaction, lambda memory, padding, rows: (
+            self._allocated_beam(memory, padding) if self.behavior_aware_allocation
+            else self.beam_search(memory, padding, self.beam_size)))
         if len(self._beam_memo) < MAX_MEMO_BATCHES:
             self._beam_memo[key] = tuple(value.cpu() for value in beam)
         return beam
@@ -350,8 +461,9 @@ class MBGen(PredictFromFullSort, SequentialRecommender):
     # ------------------------------------------------------------------ scores for the evaluator
     def full_sort_predict(self, interaction):
         if self.BEHAVIOR in interaction:  # told the behavior: prefix [BOS, b]
-            memory, padding = self.encode(interaction)
-            behaviors, items, scores = self.beam_search(memory, padding, self.beam_size, interaction[self.BEHAVIOR])
+            told = interaction[self.BEHAVIOR]
+            behaviors, items, scores = self._grouped(interaction, lambda memory, padding, rows: self.beam_search(
+                memory, padding, self.beam_size, told[rows]))
             return self._scores_from_beam(behaviors, items, scores, 1).squeeze(1)  # [B, n_items]
         pair_scores = self._scores_from_beam(*self._joint_beam(interaction), self.n_behaviors)
         floor = pair_scores[:, 1:].amin(dim=(1, 2))  # [B]
