@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from benchmarks.diffusion_speed import build_for_timing  # noqa: E402
+from benchmarks.diffusion_speed import build_for_timing, interleaved_train_seconds  # noqa: E402
 from mbrec.config import parse_overrides  # noqa: E402
 from mbrec.data.dataset import SequenceLoader  # noqa: E402
 from mbrec.layers.dropout import IntegerMaskDropout  # noqa: E402
@@ -108,18 +108,7 @@ def compare(model_name, dataset, overrides, n_batches, n_eval_batches):
     optimizer = build_optimizer(config, model.parameters())
     loader = iter(Trainer(config, model, device).train_loader(train))
     sides = {"reference": partial(reference_path, model), "fast": fast_path}
-    train_seconds = {side: [] for side in sides}
-    model.train()
-    for index in range(n_batches + 1):  # batch 0 warms up both sides, untimed
-        batch = next(loader)
-        for side, path in (sides.items() if index % 2 else reversed(sides.items())):
-            with path():
-                start = time.perf_counter()
-                optimizer.zero_grad()
-                model.calculate_loss(batch).backward()
-                optimizer.step()
-                if index:
-                    train_seconds[side].append(time.perf_counter() - start)
+    train_seconds = interleaved_train_seconds(model, optimizer, loader, sides, n_batches)
 
     model.eval()
     eval_seconds = {side: [] for side in sides}

@@ -49,6 +49,26 @@ def time_eval_batch(model, batch, device):
     return time.perf_counter() - start
 
 
+def interleaved_train_seconds(model, optimizer, loader, sides, n_batches):
+    """``{side: [seconds]}`` of ``n_batches`` training steps per side, the sides alternating in order batch
+    by batch on the same model and batches (batch 0 warms both up, untimed): on a shared, noisy machine
+    only such side-by-side figures give a fair ratio. ``sides``: name -> context manager factory that
+    switches the model to that side's computation."""
+    seconds = {side: [] for side in sides}
+    model.train()
+    for index in range(n_batches + 1):
+        batch = next(loader)
+        for side, path in (sides.items() if index % 2 else reversed(sides.items())):
+            with path():
+                start = time.perf_counter()
+                optimizer.zero_grad()
+                model.calculate_loss(batch).backward()
+                optimizer.step()
+                if index:
+                    seconds[side].append(time.perf_counter() - start)
+    return seconds
+
+
 def build_for_timing(model_name, dataset, overrides, device):
     """``(config, train split, test split, model on device)`` of one run's settings."""
     settings = merge_layers(model_name, dataset, overrides=overrides)

@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from benchmarks.diffusion_speed import build_for_timing  # noqa: E402
+from benchmarks.diffusion_speed import build_for_timing, interleaved_train_seconds  # noqa: E402
 from mbrec.config import parse_overrides  # noqa: E402
 from mbrec.data.dataset import SequenceLoader  # noqa: E402
 from mbrec.data.item_tokenizers import BOS_TOKEN  # noqa: E402
@@ -137,18 +137,7 @@ def compare(dataset, overrides, n_batches, n_eval_batches):
     optimizer = build_optimizer(config, model.parameters())
     loader = iter(model.trainer_class(config, model, device).train_loader(train))
     sides = {"reference": partial(reference_path, model), "fast": fast_path}
-    train_seconds = {side: [] for side in sides}
-    model.train()
-    for index in range(n_batches + 1):  # batch 0 warms up both sides, untimed
-        batch = next(loader)
-        for side, path in (sides.items() if index % 2 else reversed(sides.items())):
-            with path():
-                start = time.perf_counter()
-                optimizer.zero_grad()
-                model.calculate_loss(batch).backward()
-                optimizer.step()
-                if index:
-                    train_seconds[side].append(time.perf_counter() - start)
+    train_seconds = interleaved_train_seconds(model, optimizer, loader, sides, n_batches)
 
     model.eval()
     told_seconds, joint_seconds = ({side: [] for side in sides} for _ in range(2))
