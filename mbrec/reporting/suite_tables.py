@@ -81,12 +81,14 @@ def _floor_text(floor):
 
 
 def _model_caps(suite):
-    """`` (BERT4Rec 600; FatsMB 100 per stage)``: the models whose own overrides set another cap."""
+    """`` (BERT4Rec 600, validated every 10 epochs; FatsMB 100 per stage)``: the models whose own overrides
+    set another cap (with their floor and validation interval)."""
     caps = []
     for model, settings in suite.model_overrides.items():
         if "epochs" in settings:
             floor = settings.get("stopping_min_epochs")
-            caps.append(f"{model} {settings['epochs']}" + (f", no early stop before {_floor_text(floor)}" if floor else ""))
+            caps.append(f"{model} {settings['epochs']}" + (f", no early stop before {_floor_text(floor)}" if floor else "")
+                        + (f", validated every {settings['eval_step']} epochs" if settings.get("eval_step", 1) != 1 else ""))
         stage_caps = sorted({value for key, value in settings.items()
                              if key.endswith("_epochs") and key != "stopping_min_epochs"})
         if stage_caps:
