@@ -17,6 +17,10 @@ DiffuRecSys step (``benchmarks/diffurecsys_fast_paths.py`` times the whole step)
 (CUDA: ``F.dropout`` is one fused kernel, this would be several) and for reduced-precision inputs
 (the scale would be rounded to the input's precision), :func:`integer_mask_dropout` is
 ``F.dropout`` itself.
+
+:func:`torch_dropout_mask` is the other way round: torch's own dropout mask, drawn as ``F.dropout``
+draws it, for a model that computes only some elements of a dropped tensor (M3BSR's fast paths) and
+must keep seeded runs' random streams as they were.
 """
 
 import torch
@@ -72,3 +76,35 @@ class IntegerMaskDropout(nn.Dropout):
 
     def forward(self, x):
         return integer_mask_dropout(x, self.p, self.training)
+
+
+def torch_dropout_mask(shape, p, like):
+    """The scaled keep mask (0 or ``1 / (1 - p)``, ``like``'s dtype and device) that ``F.dropout(x, p)``
+    multiplies an ``x`` of ``shape`` by in training, drawn from the global generator exactly as it draws it.
+
+    On CPU ``F.dropout`` fills a tensor of ``x``'s shape with ``bernoulli_(1 - p)``, divides it by
+    ``1 - p`` and multiplies ``x`` by it (ATen's ``_dropout_impl``); this is that without the
+    multiplication (``tests/test_m3bsr_speed.py`` pins the two together). Elsewhere (CUDA's fused
+    kernel) the mask is ``F.dropout`` of ones: the same draws by construction. Needs ``0 < p < 1``
+    (``F.dropout`` draws nothing at 0 or 1).
+    """
+    if like.device.type == "cpu":
+        return torch.empty(shape, dtype=like.dtype).bernoulli_(1.0 - p).div_(1.0 - p)
+    return F.dropout(torch.ones(shape, dtype=like.dtype, device=like.device), p, training=True)
+
+
+def selected_dropout(values, dropout, full_shape, select):
+    """``dropout`` (an ``nn.Dropout``) of a tensor of ``full_shape`` of which only ``values = select(full)``
+    was computed: ``select(dropout(full))`` is ``selected_dropout(select(full), dropout, full.shape, select)``,
+    with the same draws.
+
+    Why: a model that reads a dropped tensor at a few of its positions (M3BSR's experts at one
+    position per row, its denoisers at the shallow positions) computes those only, but must keep
+    seeded runs' random streams as they were, so the whole mask is drawn as ``dropout`` would draw
+    it (:func:`torch_dropout_mask`) and ``select`` picks the elements of ``values`` from it.
+    """
+    if not dropout.training or dropout.p == 0.0:
+        return values
+    if dropout.p == 1.0:  # F.dropout returns zeros without drawing
+        return values * 0.0
+    return values * select(torch_dropout_mask(full_shape, dropout.p, values))
