@@ -10,7 +10,7 @@ and ``full_sort_predict`` on evaluation batches (told the behavior), alternating
 batch by batch so that a loaded machine slows both alike, and prints the median seconds per batch
 of each and their ratio (fast / plain). The two sides train the same model in turns, each batch
 once per side (the second side on weights one step further; which side goes first alternates),
-and score the same evaluation batches. The evaluation's table of denoised modal vectors is built
+and score the same evaluation batch (the test split's first). The evaluation's table of denoised modal vectors is built
 once per evaluation, so it is built before each side's timed call, untimed.
 
 Usage:
@@ -60,9 +60,8 @@ def compare(model_name, dataset, overrides, n_batches, n_eval_batches):
 
     model.eval()
     eval_seconds = {side: [] for side in sides}
-    batches = iter(SequenceLoader(config, test, config["eval_batch_size"], behavior_hint="true"))
+    batch = next(iter(SequenceLoader(config, test, config["eval_batch_size"], behavior_hint="true")))
     for index in range(n_eval_batches + 1):  # round 0 warms up, untimed
-        batch = next(batches)
         for side, path in (sides.items() if index % 2 else reversed(sides.items())):
             with path(), torch.no_grad():
                 model.eval()  # drops the evaluation table: built by this side, untimed
@@ -80,7 +79,7 @@ def main():
     parser.add_argument("--dataset", default="retailrocket_f10")
     parser.add_argument("--model", default="M3BSR", help="M3BSR or one of its ablations (M3BSR_woMD, ...)")
     parser.add_argument("--batches", type=int, default=5, help="timed training batches per side")
-    parser.add_argument("--eval-batches", type=int, default=3, help="timed eval batches per side")
+    parser.add_argument("--eval-batches", type=int, default=3, help="timed eval calls per side")
     parser.add_argument("--threads", type=int, default=1)
     args, rest = parser.parse_known_args()
     overrides = {**SUITE_SIZE, **parse_overrides(rest)}

@@ -19,7 +19,8 @@ from torch.nn import functional as F
 
 from mbrec.data.dataset import SequenceLoader
 from mbrec.layers.diffusion import ConditionalFeatureDenoiser, QuerySelection
-from mbrec.layers.dropout import torch_dropout_mask
+from mbrec.layers import dropout as dropout_module
+from mbrec.layers.dropout import bernoulli_reads_words, selected_dropout, torch_dropout_mask
 from mbrec.layers.read_position import encoder_output_at
 from mbrec.registry import get_model_class
 from tests.test_m3bsr import build, rule_folder
@@ -54,6 +55,27 @@ def test_torch_dropout_mask_is_the_mask_f_dropout_draws(shape):
     dropped, state = same_draws(lambda: F.dropout(x, DROPOUT, training=True))
     masked, mask_state = same_draws(lambda: x * torch_dropout_mask(shape, DROPOUT, x))
     assert torch.equal(dropped, masked) and torch.equal(state, mask_state)
+
+
+@pytest.mark.parametrize("read_words", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_selected_dropout_is_f_dropout_at_the_selected_elements(monkeypatch, read_words, dtype):
+    """Both ways of drawing: from the random words bernoulli_ reads (where it does), and its own mask."""
+    if read_words and not bernoulli_reads_words():
+        pytest.skip("this torch's CPU bernoulli_ does not draw one 64-bit word per element")
+    monkeypatch.setattr(dropout_module, "bernoulli_reads_words", lambda: read_words)
+    full = torch.randn(40, 3, 17, dtype=dtype)
+    layer = torch.nn.Dropout(DROPOUT)
+    rows = torch.tensor([0, 5, 6, 39, 12])
+
+    def select(tensor):
+        return tensor.index_select(0, rows)[:, 1]
+
+    dropped, state = same_draws(lambda: select(F.dropout(full, DROPOUT, training=True)))
+    selected, selected_state = same_draws(lambda: selected_dropout(select(full), layer, full.shape, select))
+    assert torch.equal(dropped, selected) and torch.equal(state, selected_state)
+    values = select(full)
+    assert selected_dropout(values, layer.eval(), full.shape, select) is values  # nothing drawn outside training
 
 
 @pytest.mark.parametrize("n_layers", [1, 2])

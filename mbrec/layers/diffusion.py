@@ -347,11 +347,11 @@ class CrossAttentionDenoiser(nn.Module):
         weights = torch.softmax(scores + prepared.score_bias, dim=-1)  # [N, h, Lq, 1 + Lc]
         weights = F.dropout(weights, self.attention.dropout, self.attention.training)
         context = torch.matmul(weights, values).transpose(1, 2).reshape(n_rows * query_length, dim)
-        hidden = hidden + self.attention.out_proj(context[selection.index])
+        hidden = hidden + self.attention.out_proj(context.index_select(0, selection.index))
         to_inner, activation, dropout, from_inner = self.feed_forward
         inner = activation(to_inner(self.feed_forward_norm(hidden)))  # [M, inner]
         inner = selected_dropout(inner, dropout, (n_rows * query_length, inner.size(-1)),
-                                 lambda mask: mask[selection.index])
+                                 lambda mask: mask.index_select(0, selection.index))
         return self.readout(hidden + from_inner(inner))
 
 
@@ -421,8 +421,9 @@ class ConditionalFeatureDenoiser(nn.Module):
         steps = self.diffusion.sample_steps(x0.size(0), x0.device)
         noise = torch.randn_like(x0)
         dim = x0.size(-1)
-        token_noise = noise.reshape(-1, dim)[selection.index]
-        x_t = self.diffusion.q_sample(x0.reshape(-1, dim)[selection.index], steps[selection.rows], token_noise)
+        token_noise = noise.reshape(-1, dim).index_select(0, selection.index)
+        x_t = self.diffusion.q_sample(x0.reshape(-1, dim).index_select(0, selection.index), steps[selection.rows],
+                                      token_noise)
         predicted = self.denoiser.forward_selected(x_t, steps, prepared, selection)
         error = (predicted - token_noise).square().mean(dim=-1)  # [M]
         return error.sum() / max(len(selection.index), 1)

@@ -23,6 +23,9 @@ draws it, for a model that computes only some elements of a dropped tensor (M3BS
 must keep seeded runs' random streams as they were.
 """
 
+import functools
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -32,6 +35,13 @@ MASK_RANGE = 2 ** MASK_BITS
 LANE_BITS = 0x7FFF                  # the low 15 bits of a 16-bit lane (the top bit of an int64 word is always 0)
 LANES_PER_WORD = 4                  # int64 word -> four int16 lanes
 EXACT_SCALE_DTYPES = (torch.float32, torch.float64)  # dtypes in which 2^15 / K is held exactly enough (<= 6e-8)
+# torch's CPU ``bernoulli_(q)`` (its default kernel) draws one 64-bit word per element and keeps the element
+# when the word's low 53 bits (a float64 uniform's mantissa) read as a fraction of 2^53 are below q
+UNIFORM_BITS = 53
+UNIFORM_MASK = 2 ** UNIFORM_BITS - 1
+PROBE_ELEMENTS = 4099               # elements of the one-time check that bernoulli_ draws so here
+PROBE_KEEP = 0.7
+PROBE_SEED = 20240607
 
 
 def keep_threshold(p):
@@ -93,6 +103,21 @@ def torch_dropout_mask(shape, p, like):
     return F.dropout(torch.ones(shape, dtype=like.dtype, device=like.device), p, training=True)
 
 
+def _kept_from_words(words, keep):
+    """``bernoulli_(keep)``'s outcome (bool) from the 64-bit words it draws: the low 53 bits below ``keep * 2^53``."""
+    return words.bitwise_and_(UNIFORM_MASK) < math.ceil(keep * 2 ** UNIFORM_BITS)
+
+
+@functools.lru_cache(maxsize=None)
+def bernoulli_reads_words():
+    """Whether this torch's CPU ``bernoulli_`` draws as :func:`_kept_from_words` reads (checked once, on private
+    generators): its default kernel does; MKL's (Intel CPUs) and any other draw otherwise."""
+    drawing, reading = torch.Generator().manual_seed(PROBE_SEED), torch.Generator().manual_seed(PROBE_SEED)
+    drawn = torch.empty(PROBE_ELEMENTS).bernoulli_(PROBE_KEEP, generator=drawing).bool()
+    read = _kept_from_words(torch.empty(PROBE_ELEMENTS, dtype=torch.int64).random_(generator=reading), PROBE_KEEP)
+    return torch.equal(drawn, read) and torch.equal(drawing.get_state(), reading.get_state())
+
+
 def selected_dropout(values, dropout, full_shape, select):
     """``dropout`` (an ``nn.Dropout``) of a tensor of ``full_shape`` of which only ``values = select(full)``
     was computed: ``select(dropout(full))`` is ``selected_dropout(select(full), dropout, full.shape, select)``,
@@ -101,10 +126,17 @@ def selected_dropout(values, dropout, full_shape, select):
     Why: a model that reads a dropped tensor at a few of its positions (M3BSR's experts at one
     position per row, its denoisers at the shallow positions) computes those only, but must keep
     seeded runs' random streams as they were, so the whole mask is drawn as ``dropout`` would draw
-    it (:func:`torch_dropout_mask`) and ``select`` picks the elements of ``values`` from it.
+    it and ``select`` picks the elements of ``values`` from it. On CPU, where ``bernoulli_`` draws
+    one random 64-bit word per element (:func:`bernoulli_reads_words`), the words are drawn whole
+    (``random_``, about half of ``bernoulli_``'s time) and only the selected ones are turned into
+    the mask; otherwise :func:`torch_dropout_mask` draws it.
     """
     if not dropout.training or dropout.p == 0.0:
         return values
     if dropout.p == 1.0:  # F.dropout returns zeros without drawing
         return values * 0.0
+    if values.device.type == "cpu" and bernoulli_reads_words():
+        words = select(torch.empty(full_shape, dtype=torch.int64).random_())
+        scale = torch.ones((), dtype=values.dtype).div_(1.0 - dropout.p)  # F.dropout's 1 / (1 - p), as it rounds it
+        return values * _kept_from_words(words, 1.0 - dropout.p).to(values.dtype).mul_(scale)
     return values * select(torch_dropout_mask(full_shape, dropout.p, values))

@@ -216,7 +216,7 @@ class M3BSR(PredictFromFullSort, SequentialRecommender):
             prepared = denoiser.denoiser.prepare_condition(condition)
             loss = denoiser.loss_selected(raw.detach().unsqueeze(1), prepared, selection) if self.training \
                 else raw.new_zeros(())
-            denoised = denoiser.denoise_selected(raw[selection.index], prepared, selection)
+            denoised = denoiser.denoise_selected(raw.index_select(0, selection.index), prepared, selection)
             return raw.new_zeros(raw.shape).index_copy(0, selection.index, denoised), loss
         loss = denoiser.loss(raw.detach().unsqueeze(1), condition, mask=has_feature.unsqueeze(1)) \
             if self.training else raw.new_zeros(())
@@ -263,7 +263,8 @@ class M3BSR(PredictFromFullSort, SequentialRecommender):
             loss = self.behavior_denoiser.loss_selected(flat.detach(), prepared, selection) if self.training \
                 else flat.new_zeros(())
             tokens = flat.reshape(-1, hidden)
-            denoised = self.behavior_denoiser.denoise_selected(tokens[selection.index], prepared, selection)
+            denoised = self.behavior_denoiser.denoise_selected(tokens.index_select(0, selection.index), prepared,
+                                                                selection)
             return tokens.index_copy(0, selection.index, denoised).view(n_streams, batch, length, hidden), loss
         loss = self.behavior_denoiser.loss(flat.detach(), flat, deep_padding, mask=shallow) \
             if self.training else flat.new_zeros(())
