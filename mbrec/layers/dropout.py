@@ -18,9 +18,12 @@ DiffuRecSys step (``benchmarks/diffurecsys_fast_paths.py`` times the whole step)
 (the scale would be rounded to the input's precision), :func:`integer_mask_dropout` is
 ``F.dropout`` itself.
 
-:func:`torch_dropout_mask` is the other way round: torch's own dropout mask, drawn as ``F.dropout``
-draws it, for a model that computes only some elements of a dropped tensor (M3BSR's fast paths) and
-must keep seeded runs' random streams as they were.
+:func:`selected_dropout` is the other way round: torch's own dropout mask, drawn as ``F.dropout``
+draws it (the same generator calls, the same mask), for a model that computes only some elements of
+a dropped tensor (M3BSR's fast paths) and must keep seeded runs' random streams as they were. Where
+torch's CPU ``bernoulli_`` keeps an element by reading one random 64-bit word (checked once per
+process, :func:`bernoulli_reads_words`), it draws the words with ``random_`` (about half of
+``bernoulli_``'s time: no float conversion) and reads only the selected ones.
 """
 
 import functools
@@ -39,9 +42,9 @@ EXACT_SCALE_DTYPES = (torch.float32, torch.float64)  # dtypes in which 2^15 / K 
 # when the word's low 53 bits (a float64 uniform's mantissa) read as a fraction of 2^53 are below q
 UNIFORM_BITS = 53
 UNIFORM_MASK = 2 ** UNIFORM_BITS - 1
-PROBE_ELEMENTS = 4099               # elements of the one-time check that bernoulli_ draws so here
-PROBE_KEEP = 0.7
-PROBE_SEED = 20240607
+PROBE_ELEMENTS = 4099               # the one-time check that bernoulli_ draws so: elements (a few vector widths
+PROBE_KEEP = 0.7                    # and a remainder), a keep probability with many of both outcomes,
+PROBE_SEED = 20240607               # and any seed (private generators: the global one is not touched)
 
 
 def keep_threshold(p):

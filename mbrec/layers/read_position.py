@@ -4,8 +4,8 @@ A model that reads an encoder's output at one position per row (M3BSR's experts:
 position of a behavior, or the last real position) throws the other positions of the last layer
 away. That layer's attention queries, output projection, feed-forward layer and LayerNorms work
 position by position, so the read position alone gives the same output; only the keys and values
-need every position. At M3BSR's window of 20 this skips about 19/20 of the last layer's
-feed-forward work (``benchmarks/m3bsr_fast_paths.py`` times it).
+need every position. At M3BSR's window of 20 this skips 19/20 of the last layer's per-position work
+but the keys and values (``benchmarks/m3bsr_fast_paths.py`` times the model with and without it).
 
 Dropout: in training every dropout mask is drawn whole, as RecBole's layers draw it, and the read
 position's elements are taken from it (:func:`mbrec.layers.dropout.selected_dropout`), so seeded
