@@ -20,9 +20,13 @@ each comes from.
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from mbrec.layers.dropout import selected_dropout
 
 # Constants of the published schedules (not tuning knobs).
 DDPM_LINEAR_BETA_START = 1e-4      # Ho et al.: linear from 1e-4 to 0.02 over 1000 steps
@@ -179,15 +183,17 @@ class GaussianDiffusion(nn.Module):
             return self.predict_x0_from_noise(xt, steps, output)
         raise ValueError(f"Unknown prediction type '{prediction_type}'; use x0 or epsilon")
 
-    def ddim_sample(self, denoise, x_T, skip, prediction_type="x0"):
+    def ddim_sample(self, denoise, x_T, skip, prediction_type="x0", one_step_entry=False):
         """Run deterministic DDIM from ``x_T`` over every ``skip``-th step; return x_0.
 
         ``denoise(x_t, steps)`` returns the model output (x_0 or noise, per ``prediction_type``)
-        for a ``[B]`` tensor of equal steps. The last update lands on the predicted x_0 exactly.
+        for a ``[B]`` tensor of equal steps, or with ``one_step_entry`` a ``[1]`` tensor that stands
+        for every row (a denoiser that embeds the step then does it once, not once per row). The
+        last update lands on the predicted x_0 exactly.
         """
         x_t = x_T
         for step, prev_step in self.ddim_schedule(skip):
-            steps = torch.full((x_t.size(0),), step, device=x_t.device, dtype=torch.long)
+            steps = torch.full((1 if one_step_entry else x_t.size(0),), step, device=x_t.device, dtype=torch.long)
             x0_hat = self.x0_from_output(x_t, steps, denoise(x_t, steps), prediction_type)
             x_t = self.ddim_step(x0_hat, x_t, steps, torch.full_like(steps, prev_step))
         return x_t
@@ -285,6 +291,91 @@ class CrossAttentionDenoiser(nn.Module):
         hidden = hidden + self.feed_forward(self.feed_forward_norm(hidden))
         return self.readout(hidden)  # [N, Lq, D]: predicted noise
 
+    # ----- the same computation at selected query tokens (M3BSR's fast paths) -----
+
+    def _projections(self):
+        """(weight, bias) of the attention's query, key and value projections."""
+        return tuple(zip(self.attention.in_proj_weight.chunk(3), self.attention.in_proj_bias.chunk(3)))
+
+    def prepare_condition(self, condition, condition_padding=None):
+        """The attention's keys and values of the normalised ``condition`` tokens ``[N, Lc, D]`` and its score
+        bias (0, or -inf at padding; the step token first), which no step of a chain changes.
+
+        Why: ``forward`` normalises and projects the condition at every call, i.e. at every step of a
+        chain and again for the loss, which all read the same condition.
+        """
+        _, (weight_k, bias_k), (weight_v, bias_v) = self._projections()
+        normed = self.condition_norm(condition)
+        n_rows, length, _ = condition.shape
+        padding = torch.zeros(n_rows, 1 + length, dtype=torch.bool, device=condition.device)  # the step: a key
+        if condition_padding is not None:
+            padding[:, 1:] = condition_padding
+        score_bias = torch.zeros(padding.shape, dtype=condition.dtype, device=condition.device)
+        score_bias = score_bias.masked_fill_(padding, float("-inf"))[:, None, None, :]  # [N, 1, 1, 1 + Lc]
+        return PreparedCondition(F.linear(normed, weight_k, bias_k), F.linear(normed, weight_v, bias_v), score_bias)
+
+    def forward_selected(self, x_t, steps, prepared, selection):
+        """``forward(x, steps, condition, condition_padding)`` at the query tokens ``selection`` names:
+        ``[M, D]`` predicted noise for ``x_t`` ``[M, D]``, the tokens of an ``x`` ``[N, Lq, D]``.
+
+        ``steps``: ``[N]`` (one per condition row) or ``[1]`` (every row's). ``prepared``:
+        :meth:`prepare_condition` of the condition. Queries are independent of each other (the keys
+        are the condition's), so the unselected ones only cost work: the per-token layers run on the
+        selected tokens; the attention (a small part of the cost) runs in the ``[N, Lq]`` layout,
+        unselected queries zero, so that its weights' dropout mask is drawn on the shape ``forward``
+        draws it on, as is the feed-forward dropout's (:func:`mbrec.layers.dropout.selected_dropout`):
+        seeded runs keep their random streams.
+        """
+        (weight_q, bias_q), (weight_k, bias_k), (weight_v, bias_v) = self._projections()
+        n_rows, query_length = selection.n_rows, selection.length
+        dim, heads = x_t.size(-1), self.attention.num_heads
+        head_dim = dim // heads
+        step = self.steps(steps)  # [N or 1, D]
+        normed_step = self.condition_norm(step)
+        step_keys = F.linear(normed_step, weight_k, bias_k).unsqueeze(1).expand(n_rows, 1, dim)
+        step_values = F.linear(normed_step, weight_v, bias_v).unsqueeze(1).expand(n_rows, 1, dim)
+        hidden = x_t + (step if steps.numel() == 1 else step[selection.rows])  # [M, D]
+        query = F.linear(self.query_norm(hidden), weight_q, bias_q)
+        query_grid = query.new_zeros(n_rows * query_length, dim).index_copy(0, selection.index, query)
+
+        def heads_first(tokens):  # [N, L, D] -> [N, h, L, d]
+            return tokens.view(n_rows, -1, heads, head_dim).transpose(1, 2)
+
+        keys = heads_first(torch.cat([step_keys, prepared.keys], dim=1))  # [N, h, 1 + Lc, d]
+        values = heads_first(torch.cat([step_values, prepared.values], dim=1))
+        scores = torch.matmul(heads_first(query_grid), keys.transpose(-2, -1)) * head_dim ** -0.5
+        weights = torch.softmax(scores + prepared.score_bias, dim=-1)  # [N, h, Lq, 1 + Lc]
+        weights = F.dropout(weights, self.attention.dropout, self.attention.training)
+        context = torch.matmul(weights, values).transpose(1, 2).reshape(n_rows * query_length, dim)
+        hidden = hidden + self.attention.out_proj(context.index_select(0, selection.index))
+        to_inner, activation, dropout, from_inner = self.feed_forward
+        inner = activation(to_inner(self.feed_forward_norm(hidden)))  # [M, inner]
+        inner = selected_dropout(inner, dropout, (n_rows * query_length, inner.size(-1)),
+                                 lambda mask: mask.index_select(0, selection.index))
+        return self.readout(hidden + from_inner(inner))
+
+
+class PreparedCondition(NamedTuple):
+    """A condition as :meth:`CrossAttentionDenoiser.forward_selected` reads it."""
+    keys: torch.Tensor        # [N, Lc, D] projected keys of the normalised condition tokens
+    values: torch.Tensor      # [N, Lc, D] projected values
+    score_bias: torch.Tensor  # [N, 1, 1, 1 + Lc] added to the scores: 0, or -inf at padding; the step token first
+
+
+class QuerySelection(NamedTuple):
+    """Which query tokens of an ``[N, L]`` layout a denoiser computes (:meth:`of` builds it from a mask)."""
+    rows: torch.Tensor   # [M] row of each selected token
+    index: torch.Tensor  # [M] its flat position, row * L + position, in row-major order
+    n_rows: int
+    length: int
+
+    @classmethod
+    def of(cls, selected):
+        """The True tokens of ``selected`` ``[N, L]``."""
+        n_rows, length = selected.shape
+        index = selected.flatten().nonzero().squeeze(1)
+        return cls(torch.div(index, length, rounding_mode="floor"), index, n_rows, length)
+
 
 class ConditionalFeatureDenoiser(nn.Module):
     """A short conditional DDPM chain over feature vectors (M3BSR's modality and behavior denoising).
@@ -321,3 +412,26 @@ class ConditionalFeatureDenoiser(nn.Module):
             return self.denoiser(x_t, steps, condition, condition_padding)
 
         return self.diffusion.ddim_sample(predict_noise, x, skip=1, prediction_type="epsilon")
+
+    def loss_selected(self, x0, prepared, selection):
+        """``loss(x0, condition, condition_padding, mask)`` with ``mask``'s True tokens as ``selection`` and the
+        condition as ``prepared`` (:meth:`CrossAttentionDenoiser.prepare_condition`): only the selected
+        tokens are denoised; the steps and the noise are drawn for all of ``x0`` ``[N, Lq, D]``, as
+        :meth:`loss` draws them."""
+        steps = self.diffusion.sample_steps(x0.size(0), x0.device)
+        noise = torch.randn_like(x0)
+        dim = x0.size(-1)
+        token_noise = noise.reshape(-1, dim).index_select(0, selection.index)
+        x_t = self.diffusion.q_sample(x0.reshape(-1, dim).index_select(0, selection.index), steps[selection.rows],
+                                      token_noise)
+        predicted = self.denoiser.forward_selected(x_t, steps, prepared, selection)
+        error = (predicted - token_noise).square().mean(dim=-1)  # [M]
+        return error.sum() / max(len(selection.index), 1)
+
+    def denoise_selected(self, x, prepared, selection):
+        """``denoise(x, condition, condition_padding)`` at the tokens of ``selection`` only: ``x`` ``[M, D]``
+        -> ``[M, D]`` (tokens are denoised independently of each other)."""
+        def predict_noise(x_t, steps):
+            return self.denoiser.forward_selected(x_t, steps, prepared, selection)
+
+        return self.diffusion.ddim_sample(predict_noise, x, skip=1, prediction_type="epsilon", one_step_entry=True)

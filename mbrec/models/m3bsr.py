@@ -40,6 +40,15 @@ training so ``next_item`` works); scores are dot products with the item ID embed
 Loss = CE + ``modality_diffusion_weight`` * modality loss + ``behavior_diffusion_weight`` * behavior
 loss + ``contrastive_weight`` * disentangling loss (models.md: about 1e-3 and 1e-4).
 
+Cost (``fast_paths``, on by default; ``benchmarks/m3bsr_fast_paths.py`` times both ways,
+``tests/test_m3bsr_speed.py`` checks they agree): the same computation without the work whose result
+is thrown away. The denoising chains compute only the tokens they change (the shallow positions;
+the items with a feature), their condition's keys and values once per batch, not at every step,
+and the step embedding once per step, not once per row; the experts compute their last layer at
+the read position only (:mod:`mbrec.layers.read_position`). Every dropout mask and every noise is
+drawn whole, as the plain computation draws it, so seeded runs keep their random streams; the
+outputs agree up to float rounding. ``fast_paths: False`` runs the plain computation.
+
 Switches (ablations): ``modality_denoising``, ``behavior_denoising``, ``contrastive`` (booleans),
 ``diffusion_steps`` (the paper's T in {1, 5, 10, 15}). With no modal features (``modal_features:
 auto`` and none found, or ``[]``) the model runs ID-only with modality denoising off; its log and
@@ -57,8 +66,9 @@ from recbole.model.layers import TransformerEncoder
 from mbrec.data.item_features import CATEGORICAL, load_item_features
 from mbrec.layers import bert_init
 from mbrec.layers.behavior import MultiBehaviorEmbedding
-from mbrec.layers.diffusion import ConditionalFeatureDenoiser
+from mbrec.layers.diffusion import ConditionalFeatureDenoiser, QuerySelection
 from mbrec.layers.moe import BehaviorConditionedRouter
+from mbrec.layers.read_position import encoder_output_at
 from mbrec.models import PredictFromFullSort
 
 logger = logging.getLogger("mbrec")
@@ -80,7 +90,7 @@ class M3BSR(PredictFromFullSort, SequentialRecommender):
         self.n_behaviors = dataset.n_behaviors  # with padding: ids 1..n_behaviors - 1
         self.BEHAVIOR_SEQ = config["BEHAVIOR_FIELD"] + config["LIST_SUFFIX"]
         self.behavior_vocab = list(dataset.behavior_vocab)
-        for key in ("modality_denoising", "behavior_denoising", "contrastive"):
+        for key in ("modality_denoising", "behavior_denoising", "contrastive", "fast_paths"):
             if not isinstance(config[key], bool):
                 raise ValueError(f"config key '{key}' must be True or False, got {config[key]!r}")
         steps = config["diffusion_steps"]
@@ -91,6 +101,7 @@ class M3BSR(PredictFromFullSort, SequentialRecommender):
         self.modality_denoising = bool(config["modality_denoising"]) and bool(self.features)
         self.behavior_denoising = bool(config["behavior_denoising"])
         self.contrastive = bool(config["contrastive"])
+        self.fast_paths = config["fast_paths"]  # the same computation, skipping discarded work (module doc)
         self.modality_weight = float(config["modality_diffusion_weight"])
         self.behavior_weight = float(config["behavior_diffusion_weight"])
         self.contrastive_weight = float(config["contrastive_weight"])
@@ -200,6 +211,13 @@ class M3BSR(PredictFromFullSort, SequentialRecommender):
         has_feature = getattr(self, f"modal_mask_{index}")[items]
         condition = self.item_embedding(items).unsqueeze(1)  # [N, 1, H]: the ID embedding guides
         denoiser = self.modality_denoisers[index]
+        if self.fast_paths:  # items without a feature are zero in the end: only the others are denoised
+            selection = QuerySelection.of(has_feature.unsqueeze(1))
+            prepared = denoiser.denoiser.prepare_condition(condition)
+            loss = denoiser.loss_selected(raw.detach().unsqueeze(1), prepared, selection) if self.training \
+                else raw.new_zeros(())
+            denoised = denoiser.denoise_selected(raw.index_select(0, selection.index), prepared, selection)
+            return raw.new_zeros(raw.shape).index_copy(0, selection.index, denoised), loss
         loss = denoiser.loss(raw.detach().unsqueeze(1), condition, mask=has_feature.unsqueeze(1)) \
             if self.training else raw.new_zeros(())
         denoised = denoiser.denoise(raw.unsqueeze(1), condition).squeeze(1)
@@ -239,6 +257,15 @@ class M3BSR(PredictFromFullSort, SequentialRecommender):
         shallow = (self.is_shallow[behavior_seq] & valid).repeat(n_streams, 1)  # [S*B, L]
         deep_padding = ~(self.is_deep[behavior_seq] & valid).repeat(n_streams, 1)
         flat = streams.reshape(n_streams * batch, length, hidden)
+        if self.fast_paths:  # deep and padded positions are kept as they are: only shallow ones are denoised
+            selection = QuerySelection.of(shallow)
+            prepared = self.behavior_denoiser.denoiser.prepare_condition(flat, deep_padding)
+            loss = self.behavior_denoiser.loss_selected(flat.detach(), prepared, selection) if self.training \
+                else flat.new_zeros(())
+            tokens = flat.reshape(-1, hidden)
+            denoised = self.behavior_denoiser.denoise_selected(tokens.index_select(0, selection.index), prepared,
+                                                                selection)
+            return tokens.index_copy(0, selection.index, denoised).view(n_streams, batch, length, hidden), loss
         loss = self.behavior_denoiser.loss(flat.detach(), flat, deep_padding, mask=shallow) \
             if self.training else flat.new_zeros(())
         denoised = self.behavior_denoiser.denoise(flat, flat, deep_padding)
@@ -262,8 +289,6 @@ class M3BSR(PredictFromFullSort, SequentialRecommender):
 
     def interests(self, tokens, behavior_seq, valid, lengths):
         """Expert interests [B, K, H] (specific (behavior, stream) experts first, then shared) and availability [B, K]."""
-        batch = tokens.size(1)
-        rows = torch.arange(batch, device=tokens.device)
         interests, available = [], []
         for behavior in range(1, self.n_behaviors):
             selected = (behavior_seq == behavior) & valid
@@ -271,16 +296,21 @@ class M3BSR(PredictFromFullSort, SequentialRecommender):
             mask = self._attention_mask(selected)
             for stream in range(self.n_streams):
                 expert = self.specific_experts[(behavior - 1) * self.n_streams + stream]
-                output = expert(tokens[stream], mask, output_all_encoded_layers=True)[-1]
-                interests.append(output[rows, last] * present.unsqueeze(-1))
+                interests.append(self._expert_output(expert, tokens[stream], mask, last) * present.unsqueeze(-1))
                 available.append(present)
         shared_tokens = tokens.mean(dim=0)
         mask = self._attention_mask(valid)
         for expert in self.shared_experts:
-            output = expert(shared_tokens, mask, output_all_encoded_layers=True)[-1]
-            interests.append(output[rows, (lengths - 1).clamp(min=0)])
+            interests.append(self._expert_output(expert, shared_tokens, mask, (lengths - 1).clamp(min=0)))
             available.append(torch.ones_like(valid[:, 0]))
         return torch.stack(interests, dim=1), torch.stack(available, dim=1)
+
+    def _expert_output(self, expert, tokens, mask, read_positions):
+        """``[B, H]``: the expert's output at ``read_positions``; only the interest is read there."""
+        if self.fast_paths:
+            return encoder_output_at(expert, tokens, mask, read_positions)
+        output = expert(tokens, mask, output_all_encoded_layers=True)[-1]
+        return output[torch.arange(tokens.size(0), device=tokens.device), read_positions]
 
     def disentangling_loss(self, interests, available):
         """Mean squared cosine between the shared interest and each available specific interest."""
