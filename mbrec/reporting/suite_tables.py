@@ -88,7 +88,8 @@ def _model_caps(suite):
         if "epochs" in settings:
             floor = settings.get("stopping_min_epochs")
             caps.append(f"{model} {settings['epochs']}" + (f", no early stop before {_floor_text(floor)}" if floor else "")
-                        + (f", validated every {settings['eval_step']} epochs" if settings.get("eval_step", 1) != 1 else ""))
+                        + (f", validated every {settings['eval_step']} epochs" if settings.get("eval_step", 1) != 1 else "")
+                        + (f", trained in {settings['precision']}" if settings.get("precision", "fp32") != "fp32" else ""))
         stage_caps = sorted({value for key, value in settings.items()
                              if key.endswith("_epochs") and key != "stopping_min_epochs"})
         if stage_caps:
