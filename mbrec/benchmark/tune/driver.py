@@ -6,6 +6,9 @@ import copy
 import json
 import logging
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -162,11 +165,34 @@ def run_sweep(spec, sweep_dir, resume=False, retry_failed=False, ray_address=Non
                 callbacks=[_progress_callback(spec, expected_trials(spec), len(before) - len(pending)),
                            *callbacks]),
         )
-        tuner.fit()
+        with _signal_handlers_restored():
+            tuner.fit()
     finally:
         if started_ray:
             ray.shutdown()
     return collect_trials(spec)
+
+
+# Ray Tune's fit installs its own SIGINT (and SIGUSR1) handler, "stop the sweep and save", and puts the
+# previous one back only when a signal arrives, not when the sweep ends: a suite that goes on to its seed
+# runs in the same process would then answer Ctrl+C with Tune's warning and keep training.
+TUNE_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGUSR1") if hasattr(signal, name))
+
+
+@contextmanager
+def _signal_handlers_restored():
+    """The process's SIGINT/SIGUSR1 handlers as they were before the block (main thread only: elsewhere
+    neither Tune nor we may set them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {number: signal.getsignal(number) for number in TUNE_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in before.items():
+            if handler is not None:  # None: set outside Python, cannot be restored from here
+                signal.signal(number, handler)
 
 
 def collect_trials(spec):
