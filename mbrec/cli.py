@@ -178,10 +178,15 @@ EXIT_INTERRUPTED = 130
 def _interrupted(what, records, interrupt):
     """One line for Ctrl+C during a run: what stopped, what stays on disk; no traceback."""
     log = getattr(interrupt, "run_log", None)
+    resume = getattr(interrupt, "resume_state", None)
     kept = [f"its log {log}"] if log else []
+    if resume:
+        kept.append(f"its resume state {resume}")
     kept.append(f"{len(records)} finished run record(s) of this command")
-    print(f"interrupted (Ctrl+C): {what} did not finish: no record, no checkpoint (running the same command "
-          f"again trains it from the start); kept: {', '.join(kept)}", file=sys.stderr)
+    again = ("running the same command again resumes it at its last resume state" if resume else
+             "no checkpoint (running the same command again trains it from the start)")
+    print(f"interrupted (Ctrl+C): {what} did not finish: no record, {again}; kept: {', '.join(kept)}",
+          file=sys.stderr)
     return EXIT_INTERRUPTED
 
 

@@ -29,7 +29,7 @@ RECORD_VERSION = 1
 # Settings that do not change a run's numbers, so they do not enter its key.
 VOLATILE_KEYS = {"show_progress", "device", "data_path", "eval_batch_size", "checkpoint_dir", "state",
                  "gpu_id", "use_gpu", "worker", "eval_item_chunk", "eval_memory_fraction",
-                 "save_item_vectors", "keep_checkpoint", "fast_paths"}
+                 "save_item_vectors", "keep_checkpoint", "fast_paths", "resume_every_seconds"}
 REQUIRED_FIELDS = ("record_version", "run_key", "model", "dataset", "seed", "config", "results")
 # A record may be stored gzip-compressed beside its plain name (``<name>.json.gz``): the reference
 # suites commit theirs that way (per-user vectors compress about 4x). Readers accept both.

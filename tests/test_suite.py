@@ -11,6 +11,7 @@ from mbrec import results as store  # noqa: E402
 from mbrec.benchmark.suite import suite_main  # noqa: E402
 from mbrec.reporting.suite_tables import print_suite_report  # noqa: E402
 from mbrec.suites import RECORD_KEY, load_suite  # noqa: E402
+from mbrec.training.resume import resume_path_of  # noqa: E402
 from mbrec.utils import REPO_DIR  # noqa: E402
 
 LOCAL_CPUS = 2
@@ -82,10 +83,16 @@ def test_ci_suite_tunes_runs_every_seed_skips_and_resumes(tmp_path, ray_session,
     assert suite(tmp_path) == 0
     assert {key: record["created"] for key, (_, record) in stored(tmp_path).items()} == created
 
-    # a lost run (killed before it stored its record) is the only one trained on resume
+    # a lost run (killed before it stored its record) is the only one trained on resume; the plan says
+    # it resumes when its attempt left a resume state (an unreadable one: it trains from epoch 0)
     lost_path, _ = runs[("SASRec", 2)]
     lost_path.unlink()
+    resume_state = resume_path_of(lost_path.with_name(lost_path.name.removesuffix(".json.gz") + ".pth"))
+    resume_state.write_bytes(b"not a resume state")
+    assert suite(tmp_path, "--dry-run") == 0
+    assert "(resumes: an interrupted attempt saved its state)" in capsys.readouterr().out
     assert suite(tmp_path) == 0
+    assert not resume_state.exists()
     again = stored(tmp_path)
     assert set(again) == set(runs)
     assert [key for key, (_, record) in again.items() if record["created"] != created[key]] == [("SASRec", 2)]
@@ -149,3 +156,18 @@ def test_stale_lists_the_records_and_sweeps_no_step_names(tmp_path, capsys, capl
     assert capsys.readouterr().out.split() == [str(store.compressed_path(old_pop)), str(old_sweep)]
     assert "1 record(s) wait for their entry's new sweep" in caplog.text and "SASRec-seed1" in caplog.text
     assert store.stored_record(current) is not None  # nothing deleted
+
+
+def test_ctrl_c_during_a_sweep_stops_the_suite(tmp_path, monkeypatch):
+    """Tune ends a sweep quietly on Ctrl+C (its own handler); the suite must not go on to its next step."""
+    calls = []
+
+    def interrupted_sweep(*args, **kwargs):
+        calls.append(args[0])
+        return {"best": None, "interrupted": True, "stop_requested": True, "trials": []}
+
+    monkeypatch.setattr("mbrec.benchmark.suite.sweep", interrupted_sweep)
+    with pytest.raises(KeyboardInterrupt):
+        suite(tmp_path)
+    assert calls == ["SASRec"]
+    assert not list((tmp_path / "results").rglob("*.json.gz"))  # no seed run started

@@ -51,6 +51,7 @@ def test_tiny_sweep_picks_the_best_valid_config_and_retrains_it(tmp_path, ray_se
     summary = sweep(tmp_path, "SASRec", GRIDS / "tiny.yaml")
     # Ctrl+C after a sweep reaches the caller again (Tune's fit leaves its own handler installed)
     assert {number: signal.getsignal(number) for number in handlers} == handlers
+    assert summary["stop_requested"] is False
     trials = summary["trials"]
     assert len(trials) == 4 and {trial["status"] for trial in trials} == {tune.COMPLETED}
     assert {(t["params"]["learning_rate"], t["params"]["hidden_size"]) for t in trials} == {
@@ -95,6 +96,7 @@ def test_failed_trial_is_recorded_and_resume_skips_finished_trials(tmp_path, ray
                   callbacks=[InterruptAfterFirstTrial(flag)])
     assert not flag.exists()
     assert first["interrupted"] and first["trial_counts"][tune.NOT_RUN] > 0
+    assert first["stop_requested"]  # Tune caught the signal: a suite would stop here (test_suite)
     assert first["final"] is None  # no best config retrained from a partial sweep
     done_before = {t["trial_id"] for t in first["trials"] if t["status"] in (tune.COMPLETED, tune.FAILED)}
     assert done_before
@@ -110,7 +112,7 @@ def test_failed_trial_is_recorded_and_resume_skips_finished_trials(tmp_path, ray
         if trial["trial_id"] in done_before:
             assert trial["attempts"] == 1  # finished before the interruption: not run again
     assert second["best"]["params"]["pop_behavior"] in ("view", "buy", "cart")
-    assert second["final"] is not None
+    assert second["final"] is not None and not second["stop_requested"]
     summary_md, = (tmp_path / "results" / "sweeps").rglob(tune.SUMMARY_MD)
     assert "failed: ValueError" in summary_md.read_text()
 

@@ -20,6 +20,7 @@ from mbrec import registry, utils
 from mbrec.registry import UnknownModelError
 from mbrec import results as store
 from mbrec.results import ResultsError
+from mbrec.training.resume import resume_path_of
 from mbrec.training.trainer import Trainer, TrainingError
 from mbrec.config import ConfigError, base_dataset, build_config, check_train_unit, merge_layers
 from mbrec.data.dataset import DatasetError, MultiBehaviorSequentialDataset
@@ -180,11 +181,18 @@ def _run_locked(model, model_class, plan, device, rerun, log_mode):
                 return _train_and_record(model, model_class, canonical, dataset_dir, settings, seed, device, key,
                                          path, log_file)
             except KeyboardInterrupt as interrupt:
-                # No resume from a checkpoint exists: a rerun trains from scratch, so the selected
-                # weights of an unfinished run would only be an orphan file. The log is kept.
-                path.with_suffix(".pth").unlink(missing_ok=True)
-                run_log.note(f"run {key} interrupted (Ctrl+C): checkpoint deleted, no record written")
+                # With a resume state (mbrec.training.resume) the same command continues at its epoch and
+                # the selected weights stay beside it; without one a rerun trains from epoch 0, so the
+                # weights would only be an orphan file. The log is kept.
+                checkpoint, resume = path.with_suffix(".pth"), resume_path_of(path.with_suffix(".pth"))
                 interrupt.run_log = log_file
+                interrupt.resume_state = resume if resume.exists() else None
+                if interrupt.resume_state:
+                    run_log.note(f"run {key} interrupted (Ctrl+C): no record written; the same command resumes "
+                                 f"from {resume}")
+                else:
+                    checkpoint.unlink(missing_ok=True)
+                    run_log.note(f"run {key} interrupted (Ctrl+C): checkpoint deleted, no record written")
                 raise
             except DatasetError:
                 raise  # a user error, one line (see run); no traceback into the log or on the console
@@ -267,7 +275,8 @@ def _train_and_record_measured(model, model_class, canonical, dataset_dir, setti
     start = time.perf_counter()
     checkpoint = path.with_suffix(".pth")
     fit_summary = trainer.fit(train_data, valid_data, checkpoint)
-    train_seconds = time.perf_counter() - start
+    # a resumed run: the earlier attempts' training up to their resume state counts too
+    train_seconds = time.perf_counter() - start + fit_summary.get("seconds_before_resume", 0.0)
     test_lock = _test_lock(checkpoint, config, fit_summary)
 
     start = time.perf_counter()

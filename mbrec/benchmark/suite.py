@@ -45,6 +45,7 @@ from mbrec.benchmark.search_space import CHOICE, GRID, SAME_AS, default_grid_fil
 from mbrec.benchmark.tune import TuneNotInstalledError, plan_sweep, sweep
 from mbrec.benchmark.tune.driver import fill_trial_seconds
 from mbrec.config import ConfigError, deep_update, merge_layers
+from mbrec.training.resume import resume_path_of
 from mbrec.training.trainer import NoTrainingTrainer
 
 logger = logging.getLogger("mbrec")
@@ -268,7 +269,10 @@ def describe_plan(suite, sweeps, seed_runs, estimator):
                      + f"  [{step.sweep_dir}]")
     for step in seed_runs:
         estimate = estimator.run_seconds(step.entry.name, step.dataset)
+        resumes = (step.state == PENDING and step.path is not None
+                   and resume_path_of(step.path.with_suffix(".pth")).exists())
         lines.append(f"  run   {step.entry.name:<24} {step.dataset:<18} seed {step.seed:<6} {step.state}"
+                     + (" (resumes: an interrupted attempt saved its state)" if resumes else "")
                      + (f" ({duration(estimate)})" if step.state != STORED and estimate is not None else ""))
     return "\n".join(lines)
 
@@ -307,6 +311,10 @@ def run_suite(suite, args, results_dir):
                 except USER_ERRORS as error:
                     failures.append(f"sweep {step.entry.name} on {step.dataset}: {error}")
                     continue
+                if summary.get("stop_requested"):  # Tune caught Ctrl+C and ended the sweep: the suite ends too
+                    logger.warning(f"sweep {step.entry.name} on {step.dataset} was interrupted; the same command "
+                                   f"resumes it")
+                    raise KeyboardInterrupt
                 if summary.get("best") is None or summary.get("interrupted"):
                     failures.append(f"sweep {step.entry.name} on {step.dataset}: no selection "
                                     f"(see {step.sweep_dir / 'summary.md'})")

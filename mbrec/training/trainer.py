@@ -21,6 +21,7 @@ record before it evaluates test, once.
 import logging
 import math
 import time
+from datetime import datetime, timezone
 
 import torch
 from recbole.data.interaction import Interaction
@@ -28,6 +29,8 @@ from tqdm import tqdm
 
 from mbrec.data.dataset import SequenceLoader, WindowLoader, train_unit
 from mbrec.evaluation import Evaluator
+from mbrec.training.resume import (capture_rng, load_resume_state, restore_rng, resume_path_of,
+                                   save_resume_state)
 from mbrec.utils import atomic_path
 
 logger = logging.getLogger("mbrec")
@@ -108,6 +111,12 @@ class Trainer:
         self.history = []  # one dict per epoch: loss, seconds, valid score
         # Called as callback(entry, best_score, best_epoch) after each validation (tune trials report there).
         self.validation_callbacks = []
+        # Seconds between resume states (``mbrec.training.resume``); None: none are written or read.
+        self.resume_every_seconds = config["resume_every_seconds"]
+        if self.resume_every_seconds is not None and float(self.resume_every_seconds) < 0:
+            raise ValueError(f"resume_every_seconds must be >= 0 or None, got {self.resume_every_seconds}")
+        self.resumes = []  # [{at_epoch, saved}] per resumed attempt
+        self.seconds_before_resume = 0.0  # training seconds of the earlier attempts, up to their resume state
 
     def train_loader(self, train_dataset):
         """Prefix examples, or whole windows when ``train_unit: sequence`` (laid out for the model's
@@ -122,16 +131,28 @@ class Trainer:
                               training=True, prefetch=self.loader_prefetch, pin_memory=pin_memory)
 
     def fit(self, train_dataset, valid_dataset, checkpoint_path):
-        """Train until ``epochs`` or early stopping; leave the best weights loaded."""
+        """Train until ``epochs`` or early stopping; leave the best weights loaded.
+
+        Resumes from the resume state beside ``checkpoint_path`` when an interrupted attempt of the
+        same run left one (``mbrec.training.resume``), and saves one after a validation, at most once
+        every ``resume_every_seconds`` (None: never). It is removed when training ends.
+        """
         loader = self.train_loader(train_dataset)
-        best_score, best_epoch, bad_validations = -math.inf, -1, 0
+        fit_start = time.perf_counter()
+        best_score, best_epoch, bad_validations, first_epoch = -math.inf, -1, 0, 0
+        resume_path = resume_path_of(checkpoint_path)
+        state = load_resume_state(resume_path, self.device) if self.resume_every_seconds is not None else None
+        if state is not None:
+            best_score, best_epoch, bad_validations, first_epoch = self._resume(state, checkpoint_path, resume_path)
+        last_saved = time.perf_counter()
         stopped_by = STOPPED_BY_EPOCH_CAP
-        for epoch in range(self.epochs):
+        for epoch in range(first_epoch, self.epochs):
             start = time.perf_counter()
             loss = self._train_epoch(loader, epoch)
             entry = {"epoch": epoch, "loss": loss, "train_seconds": time.perf_counter() - start,
                      "data_wait_seconds": self.data_wait_seconds}
-            if (epoch + 1) % self.eval_step == 0 or epoch == self.epochs - 1:
+            validated = (epoch + 1) % self.eval_step == 0 or epoch == self.epochs - 1
+            if validated:
                 start = time.perf_counter()
                 score = self.validate(valid_dataset)
                 entry.update(valid_score=score, valid_seconds=time.perf_counter() - start)
@@ -149,12 +170,55 @@ class Trainer:
                             f"{bad_validations} validations")
                 stopped_by = STOPPED_BY_PATIENCE
                 break
+            if (validated and self.resume_every_seconds is not None and epoch + 1 < self.epochs
+                    and time.perf_counter() - last_saved >= self.resume_every_seconds):
+                self._save_resume_state(resume_path, checkpoint_path, epoch + 1, best_score, best_epoch,
+                                        bad_validations, time.perf_counter() - fit_start)
+                last_saved = time.perf_counter()
         if stopped_by == STOPPED_BY_EPOCH_CAP:
             logger.info(f"stopped by the epoch cap ({self.epochs} epochs) before patience ran out: valid may still "
                         f"improve")
         self.model.load_state_dict(torch.load(checkpoint_path, map_location=self.device, weights_only=True))
-        return {"best_epoch": best_epoch, "best_valid_score": best_score, "epochs_run": len(self.history),
-                "stopped_by": stopped_by}
+        resume_path.unlink(missing_ok=True)
+        summary = {"best_epoch": best_epoch, "best_valid_score": best_score, "epochs_run": len(self.history),
+                   "stopped_by": stopped_by}
+        if self.resumes:  # the record says the run was resumed, where, and what the earlier attempts trained
+            summary.update(resumed=self.resumes, seconds_before_resume=self.seconds_before_resume)
+        return summary
+
+    def _save_resume_state(self, resume_path, checkpoint_path, next_epoch, best_score, best_epoch, bad_validations,
+                           seconds):
+        """Everything :meth:`_resume` needs to continue at ``next_epoch`` as if never interrupted."""
+        save_resume_state(resume_path, {
+            "epoch": next_epoch, "best_score": best_score, "best_epoch": best_epoch,
+            "bad_validations": bad_validations, "history": self.history,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            # the selected weights so far: the checkpoint file may be overwritten by a later, unsaved epoch
+            "best_model": torch.load(checkpoint_path, map_location=self.device, weights_only=True),
+            "rng": capture_rng(), "resumes": self.resumes,
+            "seconds": self.seconds_before_resume + seconds,
+            "saved": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        logger.info(f"resume state saved at epoch {next_epoch}: {resume_path}")
+
+    def _resume(self, state, checkpoint_path, resume_path):
+        """Load a resume state; return (best score, best epoch, bad validations, next epoch)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if (state["scheduler"] is None) != (self.scheduler is None):
+            raise TrainingError(f"the resume state {resume_path} and this trainer disagree on a learning-rate "
+                                f"schedule; remove the file to train from epoch 0")
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        with atomic_path(checkpoint_path) as tmp:
+            torch.save(state["best_model"], tmp)
+        self.history = list(state["history"])
+        self.resumes = list(state["resumes"]) + [{"at_epoch": int(state["epoch"]), "saved": state["saved"]}]
+        self.seconds_before_resume = float(state["seconds"])
+        restore_rng(state["rng"])
+        logger.info(f"resuming at epoch {state['epoch']} from {resume_path} (saved {state['saved']}; best valid "
+                    f"{state['best_score']:.4f} @ {state['best_epoch']})")
+        return float(state["best_score"]), int(state["best_epoch"]), int(state["bad_validations"]), int(state["epoch"])
 
     def notify_validation(self, entry, best_score, best_epoch):
         """Hand one validated epoch (its history ``entry``) and the best so far to the callbacks."""

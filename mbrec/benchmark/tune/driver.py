@@ -11,6 +11,7 @@ import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 from mbrec import results as store
 from mbrec.benchmark.runner import run
@@ -119,7 +120,8 @@ def _file_trial_end(spec, trial_id, last_result, lost_worker):
 
 
 def run_sweep(spec, sweep_dir, resume=False, retry_failed=False, ray_address=None, callbacks=()):
-    """Run (or resume) the sweep on Ray Tune; return its trials (see :func:`collect_trials`).
+    """Run (or resume) the sweep on Ray Tune; return its trials (see :func:`collect_trials`) and whether
+    a stop signal (Ctrl+C, SIGUSR1) ended it.
 
     What is finished is read from the trials' own files (``outcome.json``, ``status.json``),
     never from Ray's saved state: a finished trial is never run again, and every trial trains
@@ -138,7 +140,7 @@ def run_sweep(spec, sweep_dir, resume=False, retry_failed=False, ray_address=Non
         logger.info(f"resuming sweep {spec['name']}: {len(before) - len(pending)} finished trial(s) kept from their "
                     f"own files, {len(pending)} to run{' (failed trials run again)' if retry_failed else ''}")
     if not pending:
-        return before
+        return before, False
     started_ray = connect_ray(ray_address, options["local_num_cpus"])
     try:
         trainable = tune.with_resources(tune.with_parameters(train_trial, spec=spec),
@@ -165,12 +167,12 @@ def run_sweep(spec, sweep_dir, resume=False, retry_failed=False, ray_address=Non
                 callbacks=[_progress_callback(spec, expected_trials(spec), len(before) - len(pending)),
                            *callbacks]),
         )
-        with _signal_handlers_restored():
+        with _signal_handlers_restored() as signals:
             tuner.fit()
     finally:
         if started_ray:
             ray.shutdown()
-    return collect_trials(spec)
+    return collect_trials(spec), signals.stop_requested
 
 
 # Ray Tune's fit installs its own SIGINT (and SIGUSR1) handler, "stop the sweep and save", and puts the
@@ -182,14 +184,25 @@ TUNE_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGUSR1") if 
 @contextmanager
 def _signal_handlers_restored():
     """The process's SIGINT/SIGUSR1 handlers as they were before the block (main thread only: elsewhere
-    neither Tune nor we may set them)."""
+    neither Tune nor we may set them).
+
+    Yields an object whose ``stop_requested`` says, after the block, whether Tune's handler caught a
+    stop signal: Tune ends the sweep quietly then, and a caller that goes on (a suite's next steps)
+    must stop too. Tune installs its handler for both signals; when one arrives it puts the SIGINT
+    handler from before back and leaves its own on SIGUSR1. So: SIGUSR1 changed and SIGINT not.
+    """
+    signals = SimpleNamespace(stop_requested=False)
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield signals
         return
     before = {number: signal.getsignal(number) for number in TUNE_SIGNALS}
     try:
-        yield
+        yield signals
     finally:
+        after = {number: signal.getsignal(number) for number in TUNE_SIGNALS}
+        sigusr1 = getattr(signal, "SIGUSR1", None)
+        signals.stop_requested = (sigusr1 in after and after[sigusr1] != before[sigusr1]
+                                  and after[signal.SIGINT] == before[signal.SIGINT])
         for number, handler in before.items():
             if handler is not None:  # None: set outside Python, cannot be restored from here
                 signal.signal(number, handler)
@@ -367,7 +380,7 @@ def sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=None,
                 f"selecting by valid {spec['valid_task']} {spec['valid_metric']}; scheduler "
                 f"{spec['options']['scheduler']}; {spec['options']['cpus_per_trial']} CPU / "
                 f"{spec['options']['gpus_per_trial']} GPU per trial; folder {sweep_dir}")
-    trials = run_sweep(spec, sweep_dir, resume, retry_failed, ray_address, callbacks)
+    trials, stop_requested = run_sweep(spec, sweep_dir, resume, retry_failed, ray_address, callbacks)
     best = best_trial(trials)
     unfinished = sum(trial["status"] == NOT_RUN for trial in trials)
     final, final_error = None, None
@@ -382,6 +395,7 @@ def sweep(model, dataset, grid=None, config_files=(), overrides=None, seed=None,
             logger.exception("retraining the best config failed")
             final_error = f"{type(error).__name__}: {error}"
     summary = build_summary(spec, trials, best, final, final_error, unfinished)
+    summary["stop_requested"] = stop_requested  # Ctrl+C (or SIGUSR1) ended the sweep: a suite stops too
     for path in write_summary(sweep_dir, summary):
         logger.info(f"wrote {path}")
     return summary

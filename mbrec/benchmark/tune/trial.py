@@ -60,6 +60,9 @@ def train_trial(config, spec):
     chosen = with_ties(space_of(spec), trial_params(spec)[trial_id])
     overrides = deep_update(copy.deepcopy(spec["overrides"]), nested(chosen))
     overrides["show_progress"] = False  # progress bars from many workers would garble the driver's console
+    # A retried trial trains from epoch 0: ASHA counts a trial's reports from its start, so a trial
+    # resumed mid-way would reach its rungs with fewer reports than validations.
+    overrides["resume_every_seconds"] = None
     # Ray limits the worker to its CPUs; torch would otherwise start a thread per core of the node.
     torch.set_num_threads(max(1, int(spec["options"]["cpus_per_trial"])))
     logging.getLogger().setLevel(logging.INFO)
