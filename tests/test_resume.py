@@ -103,3 +103,35 @@ def test_code_identity_covers_models_and_trainer_not_reporting():
     assert {"training/trainer.py", "models/fatsmb.py", "layers/dropout.py", "baselines/bert4rec.py",
             "data/dataset.py", "evaluation/evaluator.py"} <= names
     assert not any(name.startswith(("reporting/", "benchmark/", "tune/")) for name in names)
+
+
+def test_a_resumed_trainer_reports_every_validation_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    """A sweep's trial that resumes tells its callbacks (ASHA) the earlier validations again, in order."""
+    from mbrec.benchmark.runner import prepare_data, setup_run
+    from mbrec.config import merge_layers
+    from mbrec.registry import get_model_class
+
+    def fit(folder, interrupt_at=None):
+        settings = merge_layers("SASRec", "synthetic", (), {**TINY, **MODELS["SASRec"]})
+        _, dataset_dir = prepare_data("synthetic", settings, None, tmp_path / "cache")
+        built = setup_run(get_model_class("SASRec"), dataset_dir, settings, int(settings["seed"]), "cpu",
+                          with_test=False)
+        trainer = Trainer(built.config, built.network, built.device)
+        reports = []
+
+        def report(entry, best_score, best_epoch):
+            if interrupt_at is not None and len(reports) + 1 == interrupt_at:
+                raise KeyboardInterrupt
+            reports.append((entry["epoch"], entry["valid_score"], best_score, best_epoch))
+
+        trainer.validation_callbacks.append(report)
+        folder.mkdir(parents=True, exist_ok=True)
+        trainer.fit(built.train_data, built.valid_data, folder / "best.pth")
+        return reports
+
+    whole = fit(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "split", interrupt_at=INTERRUPTED_AT_VALIDATION)
+    assert (tmp_path / "split" / "best.resume.pth").exists()
+    assert fit(tmp_path / "split") == whole
+    assert not (tmp_path / "split" / "best.resume.pth").exists()

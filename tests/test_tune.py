@@ -48,10 +48,12 @@ def reported_scores(trial):
 
 def test_tiny_sweep_picks_the_best_valid_config_and_retrains_it(tmp_path, ray_session):
     handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGUSR1)}
-    summary = sweep(tmp_path, "SASRec", GRIDS / "tiny.yaml")
+    # a resume state after every validation: a trial that ASHA stops at max_t must remove its own
+    summary = sweep(tmp_path, "SASRec", GRIDS / "tiny.yaml", overrides={**TINY, "resume_every_seconds": 0})
     # Ctrl+C after a sweep reaches the caller again (Tune's fit leaves its own handler installed)
     assert {number: signal.getsignal(number) for number in handlers} == handlers
     assert summary["stop_requested"] is False
+    assert not list((tmp_path / "results").rglob("*.pth"))  # no trial weights or resume states stay
     trials = summary["trials"]
     assert len(trials) == 4 and {trial["status"] for trial in trials} == {tune.COMPLETED}
     assert {(t["params"]["learning_rate"], t["params"]["hidden_size"]) for t in trials} == {

@@ -218,6 +218,14 @@ class Trainer:
         restore_rng(state["rng"])
         logger.info(f"resuming at epoch {state['epoch']} from {resume_path} (saved {state['saved']}; best valid "
                     f"{state['best_score']:.4f} @ {state['best_epoch']})")
+        # The callbacks hear the earlier validations again, with the best as it was at each: a sweep's
+        # scheduler counts a trial's reports from the trial's start (ASHA's rungs).
+        best_score, best_epoch = -math.inf, -1
+        for entry in self.history:
+            if "valid_score" in entry:
+                if entry["valid_score"] > best_score or best_epoch < 0:
+                    best_score, best_epoch = entry["valid_score"], entry["epoch"]
+                self.notify_validation(entry, best_score, best_epoch)
         return float(state["best_score"]), int(state["best_epoch"]), int(state["bad_validations"]), int(state["epoch"])
 
     def notify_validation(self, entry, best_score, best_epoch):

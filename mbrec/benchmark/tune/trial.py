@@ -11,6 +11,7 @@ from mbrec import registry
 from mbrec.benchmark.runner import _RunLog, prepare_data, setup_run
 from mbrec.benchmark.search_space import nested, with_ties
 from mbrec.benchmark.tune.plan import METRIC, TRIALS_DIRNAME, space_of, sweep_dir_of, trial_params
+from mbrec.training.resume import resume_path_of
 from mbrec.training.trainer import Trainer
 from mbrec.config import deep_update, merge_layers
 from mbrec.data.declarations import use_dataset_files
@@ -60,9 +61,6 @@ def train_trial(config, spec):
     chosen = with_ties(space_of(spec), trial_params(spec)[trial_id])
     overrides = deep_update(copy.deepcopy(spec["overrides"]), nested(chosen))
     overrides["show_progress"] = False  # progress bars from many workers would garble the driver's console
-    # A retried trial trains from epoch 0: ASHA counts a trial's reports from its start, so a trial
-    # resumed mid-way would reach its rungs with fewer reports than validations.
-    overrides["resume_every_seconds"] = None
     # Ray limits the worker to its CPUs; torch would otherwise start a thread per core of the node.
     torch.set_num_threads(max(1, int(spec["options"]["cpus_per_trial"])))
     logging.getLogger().setLevel(logging.INFO)
@@ -110,8 +108,16 @@ def _fit_trial(spec, overrides, chosen, trial_dir, tune):
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
+        # An attempt killed mid-way (the driver or a session ended) left a resume state: the trial
+        # continues there, first reporting its earlier validations again (Trainer._resume), so ASHA
+        # sees the same curve as from a trial never interrupted.
         fit_summary = trainer.fit(built.train_data, built.valid_data, checkpoint)
-    finally:  # also when the scheduler stops the trial (SystemExit inside tune.report)
+    except KeyboardInterrupt:
+        raise  # the resume state stays for the next attempt
+    except BaseException:  # stopped by the scheduler (SystemExit inside tune.report) or failed: it is over
+        resume_path_of(checkpoint).unlink(missing_ok=True)
+        raise
+    finally:
         checkpoint.unlink(missing_ok=True)  # the retrained best config is the product, not trial weights
     write_json_atomic(trial_dir / OUTCOME_FILE, {
         **fit_summary, "params": chosen, "parameters": built.n_parameters, "validations": len(reported),
