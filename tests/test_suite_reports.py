@@ -237,3 +237,15 @@ def test_the_suite_runner_closing_tables_say_why_they_cannot_be_built(tmp_path, 
     results_dir = save_two_runs_of_one_seed(tmp_path / "results")
     print_suite_report(load_suite("ci"), results_dir)  # no traceback: the suite's runs are stored already
     assert capsys.readouterr().err.startswith("error: no tables: two stored runs are SASRec")
+
+
+def test_budget_line_names_a_model_that_changes_only_its_validation_or_precision():
+    from types import SimpleNamespace
+
+    from mbrec.reporting.suite_tables import _model_caps
+
+    suite = SimpleNamespace(model_overrides={"MBGen": {"d_model": 64, "n_heads": 2},  # a width: not budget
+                                             "SASRec": {"eval_step": 5, "precision": "bf16"},
+                                             "GRU4Rec": {"stopping_min_epochs": 20}})
+    assert _model_caps(suite) == (" (SASRec, validated every 5 epochs, trained in bf16; GRU4Rec, no early stop "
+                                  "before 20)")

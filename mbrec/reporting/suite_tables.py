@@ -82,20 +82,21 @@ def _floor_text(floor):
 
 def _model_caps(suite):
     """`` (BERT4Rec 600, validated every 10 epochs; FatsMB 100 per stage)``: the models whose own overrides
-    set another cap (with their floor and validation interval)."""
+    set another cap, a floor, a validation interval or a precision (a model may set any of them alone)."""
     caps = []
     for model, settings in suite.model_overrides.items():
-        if "epochs" in settings:
-            floor = settings.get("stopping_min_epochs")
-            caps.append(f"{model} {settings['epochs']}" + (f", no early stop before {_floor_text(floor)}" if floor else "")
-                        + (f", validated every {settings['eval_step']} epochs" if settings.get("eval_step", 1) != 1 else "")
-                        + (f", trained in {settings['precision']}" if settings.get("precision", "fp32") != "fp32" else ""))
         stage_caps = sorted({value for key, value in settings.items()
                              if key.endswith("_epochs") and key != "stopping_min_epochs"})
-        if stage_caps:
-            floor = settings.get("stopping_min_epochs")
-            caps.append(f"{model} {'/'.join(str(value) for value in stage_caps)} per stage"
-                        + (f", no early stop before {_floor_text(floor)}" if floor and "epochs" not in settings else ""))
+        heads = ([f"{model} {settings['epochs']}"] if "epochs" in settings else []) + (
+            [f"{model} {'/'.join(str(value) for value in stage_caps)} per stage"] if stage_caps else [])
+        floor = settings.get("stopping_min_epochs")
+        details = ((f", no early stop before {_floor_text(floor)}" if floor else "")
+                   + (f", validated every {settings['eval_step']} epochs" if settings.get("eval_step", 1) != 1 else "")
+                   + (f", trained in {settings['precision']}" if settings.get("precision", "fp32") != "fp32" else ""))
+        if not heads and not details:
+            continue  # e.g. a width: not part of the training budget
+        heads = heads or [model]
+        caps.extend(heads[:-1] + [heads[-1] + details])  # the details once, after the last cap
     return f" ({'; '.join(caps)})" if caps else ""
 
 
