@@ -187,3 +187,17 @@ def test_saved_item_vectors_feed_mbgen_semantic_ids(tmp_path):
                  item_vectors_file=str(prefix.with_suffix(".npy")), MAX_ITEM_LIST_LENGTH=4)
     with pytest.raises(ConfigError, match="no item_embedding table"):
         tiny_run(tmp_path / "pop", model="Pop", save_item_vectors=str(tmp_path / "pop_items"))
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(tmp_path, caplog):
+    from mbrec.benchmark.runner import cpu_has_native_bf16
+
+    without, with_amx = tmp_path / "epyc", tmp_path / "sapphire"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n")
+    with_amx.write_text("processor\t: 0\nflags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert cpu_has_native_bf16(without) is False and cpu_has_native_bf16(with_amx) is True
+    assert cpu_has_native_bf16(tmp_path / "missing") is None
+    native = cpu_has_native_bf16()
+    with caplog.at_level("WARNING", logger="mbrec"):
+        tiny_run(tmp_path, hidden_size=16, inner_size=32, epochs=1, precision="bf16")
+    assert ("CPU without native bf16" in caplog.text) == (native is False)
