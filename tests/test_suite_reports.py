@@ -227,7 +227,7 @@ def test_budget_line_names_the_models_with_their_own_epoch_cap():
     line = suite_section(cpu, [make_record("Pop", ranks_with_hits(5, 1), 1, dataset="retailrocket_f10",
                                            suite="cpu")], write_plot=False)
     assert "Epoch cap 100 (" in line
-    assert "BERT4Rec 1000, no early stop before 100, validated every 10 epochs, trained in bf16;" in line
+    assert "BERT4Rec 1000, no early stop before 100, validated every 10 epochs;" in line
     assert "FatsMB 300 per stage, no early stop before 100 (mbae), 30 (diffusion), 30 (finetune)" in line
 
 
