@@ -38,6 +38,7 @@ def test_run_writes_a_complete_record_and_reuses_it(tmp_path):
         assert len(per_user["user"]) == len(per_user["rank"]) == stored["results"][task]["n_users"]
     assert stored["results"]["behavior_item"] is None  # SASRec has no behavior head
     assert stored["efficiency"]["parameters"] > 0 and stored["versions"]["recbole"] == "1.2.1"
+    assert stored["machine"]["cpu"] and stored["machine"]["logical_cpus"] >= 1  # seconds depend on the CPU
     protocol = stored["protocol"]  # what was measured: data by content, window, tasks, ...; no hyperparameter
     assert protocol["dataset"] == "synthetic" and protocol["data"].startswith(CONTENT_PREFIX)
     assert protocol["MAX_ITEM_LIST_LENGTH"] == 50 and protocol["valid_task"] == "behavior_specific"

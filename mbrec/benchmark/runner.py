@@ -4,6 +4,7 @@ Each arrow is one call; no step reaches back into an earlier one. Used by ``run_
 """
 
 import logging
+import os
 import platform
 import shutil
 import subprocess
@@ -67,6 +68,23 @@ def versions():
 
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "recbole": recbole.__version__, "mbrec": mbrec.__version__}
+
+
+def machine(cpuinfo="/proc/cpuinfo"):
+    """The CPU a run's seconds were measured on: the sessions of one suite get different machines
+    (session 8 an AVX512-BF16 CPU, session 9 an AMD EPYC with AVX2 only), and seconds per epoch
+    from two CPUs are not comparable."""
+    name = None
+    try:
+        for line in Path(cpuinfo).read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": name or platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": cpu_has_native_bf16(cpuinfo)}
 
 
 def prepare_data(dataset, settings, data_path=None, cache_dir=None):
@@ -358,6 +376,7 @@ def _train_and_record_measured(model, model_class, canonical, dataset_dir, setti
             "device": str(device),
         },
         "versions": versions(),
+        "machine": machine(),
         "git_commit": git_commit(),
         "command": " ".join(sys.argv),
         "log_file": str(log_file),
