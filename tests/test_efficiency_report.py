@@ -59,3 +59,16 @@ def test_record_peak_memory_is_this_runs_not_the_process_lifetime_peak(tmp_path)
                                                                      "n_categories": 5}}},
                  results_dir=tmp_path / "results", cache_dir=tmp_path / "cache")
     assert record["efficiency"]["peak_cpu_rss_mb"] < lifetime_peak_mb - 0.5 * BIG_ARRAY_BYTES / 2**20
+
+
+def test_efficiency_rows_name_the_cpus_their_seconds_came_from():
+    from mbrec.reporting.tables.efficiency import UNRECORDED_CPU, efficiency_table, efficiency_to_markdown
+
+    def record(seed, cpu):
+        return {"dataset": "d", "model": "SASRec", "seed": seed, "machine": {"cpu": cpu} if cpu else None,
+                "efficiency": {"train_seconds_per_epoch": 1.0 + seed, "device": "cpu"}}
+
+    row, = efficiency_table([record(1, "AMD EPYC"), record(2, None), record(3, "AMD EPYC")])
+    assert row.cpus == f"AMD EPYC, {UNRECORDED_CPU}" and row.n_seeds == 3
+    assert "| CPU |" in efficiency_to_markdown([row]) and "seconds from two CPUs are not comparable" in \
+        efficiency_to_markdown([row])

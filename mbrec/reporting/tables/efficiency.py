@@ -35,12 +35,16 @@ class EfficiencyRow:
     peak_memory_mb: float
     memory_kind: str  # "GPU" (peak allocated) or "CPU RSS" (peak resident set)
     devices: str
+    cpus: str = ""  # the processors the seconds were measured on (record "machine"); seconds across CPUs differ
 
+
+# A record from before records named their machine (mbrec session 9).
+UNRECORDED_CPU = "not recorded"
 
 EFFICIENCY_COLUMNS = (
     ("model", "Model"), ("dataset", "Dataset"), ("n_seeds", "Seeds"), ("parameters", "Params"),
     ("train_seconds_per_epoch", "Train s/epoch"), ("train_seconds", "Train s"), ("eval_seconds", "Eval s"),
-    ("peak_memory_mb", "Peak MB"), ("memory_kind", "Memory"), ("devices", "Device"),
+    ("peak_memory_mb", "Peak MB"), ("memory_kind", "Memory"), ("devices", "Device"), ("cpus", "CPU"),
 )
 
 
@@ -57,7 +61,8 @@ def efficiency_table(records):
     """
     grouped = defaultdict(list)
     for record in records:
-        grouped[(record["dataset"], record["model"])].append(record.get("efficiency") or {})
+        grouped[(record["dataset"], record["model"])].append(
+            {**(record.get("efficiency") or {}), "cpu": (record.get("machine") or {}).get("cpu") or UNRECORDED_CPU})
     rows = []
     for (dataset, model), runs in sorted(grouped.items(), key=lambda item: (item[0][0], item[0][1].lower())):
         gpu = _mean_of(run.get("peak_gpu_mb") for run in runs)
@@ -70,6 +75,7 @@ def efficiency_table(records):
             peak_memory_mb=gpu if gpu is not None else _mean_of(run.get("peak_cpu_rss_mb") for run in runs),
             memory_kind="GPU" if gpu is not None else "CPU RSS",
             devices=", ".join(sorted({str(run["device"]) for run in runs if run.get("device")})),
+            cpus=", ".join(sorted({run["cpu"] for run in runs})),
         ))
     return rows
 
@@ -91,7 +97,9 @@ def efficiency_to_markdown(rows):
     for row in rows:
         lines.append(_markdown_row([_efficiency_text(name, getattr(row, name)) for name, _ in EFFICIENCY_COLUMNS]))
     lines += ["", f"Means over seeds. Peak memory: GPU peak allocated when run on a GPU, else peak CPU "
-                  f"resident set of the run's process ({BYTES_NOTE})."]
+                  f"resident set of the run's process ({BYTES_NOTE}). CPU: the processor the seconds were "
+                  f"measured on ({UNRECORDED_CPU}: a record from before records named it); seconds from two "
+                  f"CPUs are not comparable."]
     return "\n".join(lines) + "\n"
 
 
