@@ -21,10 +21,11 @@ from mbrec.benchmark.tune.plan import (
 )
 from mbrec.benchmark.tune.summary import SUMMARY_JSON, build_summary, write_summary
 from mbrec.benchmark.tune.trial import (
-    ATTEMPTS_FILE, COMPLETED, FAILED, FAILURE_FILE, NOT_RUN, OUTCOME_FILE, SECONDS_FILE, STATUS_FILE, STOPPED,
-    TRIAL_LOG, train_trial, trial_dir_of, trial_dirname,
+    ATTEMPTS_FILE, CHECKPOINT_NAME, COMPLETED, FAILED, FAILURE_FILE, NOT_RUN, OUTCOME_FILE, SECONDS_FILE,
+    STATUS_FILE, STOPPED, TRIAL_LOG, train_trial, trial_dir_of, trial_dirname,
 )
 from mbrec.config import ConfigError, deep_update
+from mbrec.training.resume import resume_path_of
 from mbrec.utils import REPO_DIR, read_json_or_none, write_json_atomic
 
 logger = logging.getLogger("mbrec")
@@ -116,6 +117,8 @@ def _file_trial_end(spec, trial_id, last_result, lost_worker):
     status["attempts"].append(entry)
     trial_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(trial_dir / STATUS_FILE, status)
+    # The trial is over (completed, stopped by ASHA or failed): a resume state it left is not resumed.
+    resume_path_of(trial_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
     return entry
 
 

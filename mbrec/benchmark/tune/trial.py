@@ -11,7 +11,6 @@ from mbrec import registry
 from mbrec.benchmark.runner import _RunLog, prepare_data, setup_run
 from mbrec.benchmark.search_space import nested, with_ties
 from mbrec.benchmark.tune.plan import METRIC, TRIALS_DIRNAME, space_of, sweep_dir_of, trial_params
-from mbrec.training.resume import resume_path_of
 from mbrec.training.trainer import Trainer
 from mbrec.config import deep_update, merge_layers
 from mbrec.data.declarations import use_dataset_files
@@ -108,16 +107,13 @@ def _fit_trial(spec, overrides, chosen, trial_dir, tune):
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
-        # An attempt killed mid-way (the driver or a session ended) left a resume state: the trial
-        # continues there, first reporting its earlier validations again (Trainer._resume), so ASHA
-        # sees the same curve as from a trial never interrupted.
+        # An attempt killed mid-way (Ctrl+C, the driver or a session ended) left a resume state: the
+        # trial continues there, first reporting its earlier validations again (Trainer._resume), so
+        # ASHA sees the same curve as from a trial never interrupted. The state is removed by the
+        # driver when Ray says the trial ended (_file_trial_end): inside the trial, ASHA's stop and
+        # the end of an interrupted sweep look alike.
         fit_summary = trainer.fit(built.train_data, built.valid_data, checkpoint)
-    except KeyboardInterrupt:
-        raise  # the resume state stays for the next attempt
-    except BaseException:  # stopped by the scheduler (SystemExit inside tune.report) or failed: it is over
-        resume_path_of(checkpoint).unlink(missing_ok=True)
-        raise
-    finally:
+    finally:  # also when the scheduler stops the trial (SystemExit inside tune.report)
         checkpoint.unlink(missing_ok=True)  # the retrained best config is the product, not trial weights
     write_json_atomic(trial_dir / OUTCOME_FILE, {
         **fit_summary, "params": chosen, "parameters": built.n_parameters, "validations": len(reported),
