@@ -135,3 +135,10 @@ def test_a_resumed_trainer_reports_every_validation_as_an_uninterrupted_one(tmp_
     assert (tmp_path / "split" / "best.resume.pth").exists()
     assert fit(tmp_path / "split") == whole
     assert not (tmp_path / "split" / "best.resume.pth").exists()
+
+
+def test_the_code_identity_is_that_of_the_code_imported(monkeypatch):
+    """Sources edited under a running process (a checkout moved on) do not change the hash its states carry."""
+    before = resume_module.training_code_identity()
+    monkeypatch.setattr(resume_module, "_source_files", lambda: (_ for _ in ()).throw(AssertionError("re-read")))
+    assert resume_module.training_code_identity() == before and len(before) == 64

@@ -59,13 +59,22 @@ def _source_files():
     return files
 
 
-def training_code_identity():
-    """sha256 over the training sources (names and contents) and the torch version."""
+def _hash_sources():
     digest = hashlib.sha256(f"torch {torch.__version__}\n".encode())
     for path in _source_files():
         digest.update(f"{path.parent.name}/{path.name}\n".encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+# Hashed when this module is imported, i.e. with the code the process loaded: a checkout updated
+# under a running process must not relabel the states that process writes with the new code's hash.
+_LOADED_CODE_IDENTITY = _hash_sources()
+
+
+def training_code_identity():
+    """sha256 over the training sources (names and contents) and the torch version, as imported."""
+    return _LOADED_CODE_IDENTITY
 
 
 def capture_rng():
