@@ -595,3 +595,17 @@ def test_the_footnote_says_which_of_several_records_it_used_and_why(tmp_path):
     table = build_table([record for record in records if "protocol" not in record])
     choice = next(line for line in table.footnote if line.startswith("Record choice"))
     assert f"using {newest} (the newest, created 2024-06-01" in choice and "2 records for A on ds seed 0" in choice
+
+
+def test_footnote_says_a_beam_shorter_than_a_cutoff_repeats_its_values():
+    generative = make_record("MBGen", {TASK: recall_at_10_ranks(2, 2)})
+    generative["config"]["beam_size"] = 10
+    wide = make_record("MBGen50", {TASK: recall_at_10_ranks(2, 2)})
+    wide["config"]["beam_size"] = 50
+    table = build_table([generative, wide, make_record("SASRec", {TASK: recall_at_10_ranks(3, 1)})],
+                        metrics=("recall@10", "ndcg@10", "recall@20", "ndcg@20"))
+    beam_lines = [line for line in table.footnote if "beam search" in line]
+    assert beam_lines == ["MBGen ranks only the 10 items of its beam search (beam_size 10; every other item ties "
+                          "below them and is never a hit): its @20 values equal its @10 values (ds)."]
+    assert not any("beam" in line for line in build_table(
+        [generative], metrics=("recall@5", "recall@10")).footnote)  # no cutoff above the beam

@@ -72,6 +72,7 @@ def _footnote(table, records):
     for note, models in sorted(notes.items()):
         lines.append(f"{note[0].upper()}{note[1:]}: {', '.join(sorted(models))}.")
     lines.extend(_modality_lines(shown))
+    lines.extend(_beam_lines(shown, table.metrics))
     lines.extend(f"Record choice: {choice}." for choice in sorted({record["record_choice"] for record in shown
                                                                    if record.get("record_choice")}))
     if heldout:
@@ -80,6 +81,24 @@ def _footnote(table, records):
                                        for value in sorted(values, key=str))
             for dataset, values in sorted(heldout.items()))
         lines.append(f"Held-out test items (heldout setting): {settings}.")
+    return lines
+
+
+def _beam_lines(records, metrics):
+    """Generative models rank only what their beam search returns (``beam_size`` items; every other
+    item ties below them and is never a hit): at a cutoff K above the beam, @K repeats @beam_size."""
+    cutoffs = sorted({int(metric.split("@")[1]) for metric in metrics if "@" in metric})
+    beams = defaultdict(set)
+    for record in records:
+        beam = (record.get("config") or {}).get("beam_size")
+        if isinstance(beam, int) and cutoffs and beam < cutoffs[-1]:
+            beams[(record["model"], beam)].add(record["dataset"])
+    lines = []
+    for (model, beam), datasets in sorted(beams.items()):
+        above = ", ".join(f"@{cutoff}" for cutoff in cutoffs if cutoff > beam)
+        lines.append(f"{model} ranks only the {beam} items of its beam search (beam_size {beam}; every other item "
+                     f"ties below them and is never a hit): its {above} values equal its @{beam} values "
+                     f"({', '.join(sorted(datasets))}).")
     return lines
 
 
