@@ -85,8 +85,8 @@ def main(argv=None):
     try:
         return _dispatch(argv)
     except KeyboardInterrupt:  # outside a run (a run's own Ctrl+C is reported where it happens)
-        print("interrupted (Ctrl+C); records and tables are written atomically: nothing partial was kept",
-              file=sys.stderr)
+        print("interrupted (Ctrl+C); records and tables are written atomically: none is half-written; a run "
+              "that saved a resume state continues from it when the same command runs again", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
